@@ -1,0 +1,44 @@
+# ipsec-vip. `make check` and `make demo` install what they need on Debian 12 (as root).
+PYTHON   ?= python3
+VENV     ?= .venv
+PREFIX   ?= /usr
+DESTDIR  ?=
+PY       := $(VENV)/bin/python
+APT_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
+	libstrongswan-extra-plugins resource-agents pacemaker-cli-utils libxml2-utils \
+	iproute2 iputils-ping iputils-arping procps python3-venv
+PYTEST_ARGS ?=
+
+.PHONY: check deps venv lint test demo install clean
+
+check: deps venv lint test
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: venv
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+install:
+	install -d $(DESTDIR)/usr/lib/ocf/resource.d/ipsec-vip
+	install -m 0755 ocf/strongswan $(DESTDIR)/usr/lib/ocf/resource.d/ipsec-vip/strongswan
+	$(PYTHON) -m pip install --no-deps --root=$(if $(DESTDIR),$(DESTDIR),/) --prefix=$(PREFIX) .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,163 @@
+"""The actions of ``ocf:ipsec-vip:strongswan``: OCF semantics over :mod:`ipsec_vip.control`.
+
+Probes (monitor with interval 0) answer 7 wherever this resource is not
+started, whatever else is wrong; stop succeeds whenever nothing of ours can be
+left running, even with a broken configuration or a dead charon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Mapping
+
+from ipsec_vip import __version__, control, ocf
+from ipsec_vip.errors import (
+    OCF_DEGRADED,
+    OCF_ERR_GENERIC,
+    OCF_NOT_RUNNING,
+    OCF_SUCCESS,
+    ConfigError,
+    IpsecVipError,
+    ViciUnreachable,
+)
+from ipsec_vip.params import DEFAULT_CONFIG, Params, parse
+from ipsec_vip.state import StateDir
+from ipsec_vip.vici_session import DEFAULT_SOCKET
+
+log = logging.getLogger("ipsec-vip")
+
+DEFAULT_TIMEOUT = {"start": 30, "stop": 30, "monitor": 20, "validate-all": 20}
+
+META = ocf.MetaData(
+    name="strongswan",
+    version=__version__,
+    shortdesc="strongSwan connections that follow a floating IP (VICI)",
+    longdesc=(
+        "Loads the strongSwan connections, secrets and pools that belong to a floating IP "
+        "(VIP) into charon over VICI on the node that holds the VIP, and removes them when "
+        "the resource stops. Colocate it with the VIP's IPaddr2 resource and order it after "
+        "the VIP. The connections come from a swanctl.conf-format file that the distribution's "
+        "'swanctl --load-all' does not read (default /etc/ipsec-vip/swanctl.conf), so they "
+        "are loaded only where the VIP is. Monitor checks that charon answers, that the "
+        "connections are loaded and that the VIP is held; at OCF_CHECK_LEVEL 10 it also "
+        "reports initiator connections without an established CHILD_SA as degraded. Stop "
+        "never sends a DELETE while this node holds the VIP (clients would reconnect to "
+        "this node and give up); SAs are terminated once the VIP is gone."
+    ),
+    parameters=(
+        ocf.Parameter("vip", "Floating IP address",
+                      "The VIP this resource follows, IPv4 or IPv6. A /prefix suffix is accepted and "
+                      "ignored. Compared as a parsed address with the node's addresses.", required=True),
+        ocf.Parameter("config", "swanctl.conf-format file",
+                      "File (with include and 'name : template' references) holding the "
+                      "connections, secrets and pools of this VIP. Keep it outside /etc/swanctl so "
+                      "that 'swanctl --load-all' does not load it on every node.", default=DEFAULT_CONFIG),
+        ocf.Parameter("connections", "Connection names",
+                      "Names of the connections in config to load, separated by spaces or commas. "
+                      "Empty: every connection whose local_addrs contains the VIP.", default=""),
+        ocf.Parameter("vici_socket", "charon's VICI socket",
+                      "Where charon's vici plugin listens, as unix:///path.", default=DEFAULT_SOCKET),
+        ocf.Parameter("interface", "Interface of the VIP",
+                      "If set, the VIP counts as held only on this interface.", default=""),
+    ),
+    actions=(
+        ocf.Action("start", DEFAULT_TIMEOUT["start"]),
+        ocf.Action("stop", DEFAULT_TIMEOUT["stop"]),
+        ocf.Action("monitor", DEFAULT_TIMEOUT["monitor"], interval=10, depth=0),
+        ocf.Action("monitor", DEFAULT_TIMEOUT["monitor"], interval=60, depth=10),
+        ocf.Action("validate-all", DEFAULT_TIMEOUT["validate-all"]),
+        ocf.Action("meta-data", 5),
+        ocf.Action("usage", 5),
+    ),
+)
+
+
+def _deadline(env: ocf.Env) -> control.Deadline:
+    """Finish well inside Pacemaker's timeout: 80% of it, less 0.5 s for start-up."""
+    total = (env.timeout_ms / 1000.0) if env.timeout_ms else DEFAULT_TIMEOUT.get(env.action, 20)
+    return control.Deadline(max(total * 0.8 - 0.5, 0.5))
+
+
+def _params(env: ocf.Env) -> Params:
+    return parse(env.params)
+
+
+def start(env: ocf.Env) -> int:
+    params = _params(env)
+    for warning in control.mobike_warnings(control.select(params)):
+        log.warning("%s", warning)
+    log.info("%s", control.start(params, env.instance, StateDir(), _deadline(env)))
+    return OCF_SUCCESS
+
+
+def stop(env: ocf.Env) -> int:
+    try:
+        params: Params | None = _params(env)
+    except ConfigError as e:
+        log.warning("stop with invalid parameters (%s): using the recorded state", e)
+        params = None
+    log.info("%s", control.stop(params, env.instance, StateDir(), _deadline(env)))
+    return OCF_SUCCESS
+
+
+def monitor(env: ocf.Env) -> int:
+    try:
+        params = _params(env)
+    except ConfigError:
+        if env.is_probe:
+            return OCF_NOT_RUNNING
+        raise
+    record = StateDir().read(env.instance)
+    if record is None:
+        return OCF_NOT_RUNNING
+    health = control.check(params, record, env.check_level, _deadline(env))
+    if not health.running:
+        if env.is_probe:
+            return OCF_NOT_RUNNING
+        raise IpsecVipError(health.problems[0])
+    if health.problems:
+        raise IpsecVipError("; ".join(health.problems))
+    if health.degraded:
+        ocf.exit_reason("; ".join(health.degraded), os.environ)
+        return OCF_DEGRADED
+    return OCF_SUCCESS
+
+
+def validate(env: ocf.Env) -> int:
+    """Level 0: parameters and config only (pcs runs it on any node). Level 10: this host too."""
+    params = _params(env)
+    selection = control.select(params)
+    for warning in control.mobike_warnings(selection):
+        log.warning("%s", warning)
+    if env.check_level >= 10:
+        _validate_host(params, env)
+    return OCF_SUCCESS
+
+
+def _validate_host(params: Params, env: ocf.Env) -> None:
+    from ipsec_vip.vici_session import Vici
+
+    if not control.charon_installed():
+        raise control.NotInstalledError("strongSwan's charon is not installed on this node")
+    if params.interface and not os.path.exists(f"/sys/class/net/{params.interface}"):
+        raise ConfigError(f"interface {params.interface} does not exist on this node")
+    StateDir().ensure()
+    try:
+        with Vici(params.vici_socket, timeout=_deadline(env).left()) as v:
+            v.request("version")
+    except ViciUnreachable as e:
+        raise IpsecVipError(str(e)) from None
+
+
+HANDLERS: Mapping[str, ocf.Handler] = {
+    "start": start,
+    "stop": stop,
+    "monitor": monitor,
+    "validate-all": validate,
+}
+
+
+def main(argv: list[str], environ: Mapping[str, str]) -> int:
+    code = ocf.run(META, HANDLERS, argv, environ)
+    return code if code is not None else OCF_ERR_GENERIC

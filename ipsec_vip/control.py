@@ -1,0 +1,290 @@
+"""Bring a VIP's connections up and down in charon, and judge their health.
+
+This is what the agent's start/stop/monitor and the CLI's up/down do; the OCF
+meaning of the outcomes (probes, exit codes) is the agent's business.
+
+Stop never sends a DELETE while this node holds the VIP: a strongSwan client
+that receives one re-initiates at once, reaches this node again, is refused and
+gives up for good. With the VIP still here, stop unloads the connections (no new
+SA can be made) and leaves the existing SAs to carry traffic until the VIP
+moves; once the VIP is gone, stop terminates them locally (the DELETE cannot
+leave) so nothing of ours is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ipsec_vip import vip as vipmod
+from ipsec_vip.errors import (
+    ConfigError,
+    IpsecVipError,
+    NotInstalledError,
+    StateError,
+    ViciCommandError,
+    ViciUnreachable,
+)
+from ipsec_vip.params import Params
+from ipsec_vip.state import Record, StateDir
+from ipsec_vip.vici_session import Vici
+
+log = logging.getLogger("ipsec-vip")
+
+CHARON_BINARIES = ("/usr/lib/ipsec/charon", "/usr/libexec/ipsec/charon", "/usr/sbin/charon-systemd",
+                   "/usr/libexec/strongswan/charon", "/usr/sbin/charon")
+_MAX_MESSAGE = 480 * 1024  # charon drops VICI requests over 512 KiB
+_FALSE = {"no", "false", "disabled", "0", "off"}
+
+
+class Deadline:
+    """Time left for the whole action, shared by every VICI call."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self, cap: float = 10.0) -> float:
+        return max(min(self.end - time.monotonic(), cap), 0.0)
+
+
+class NotHeld(IpsecVipError):
+    """Start refused: the VIP is not on this node."""
+
+
+@dataclass
+class Health:
+    """Outcome of a status check of one started instance."""
+
+    running: bool
+    problems: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+
+
+def charon_installed() -> bool:
+    return any(os.access(p, os.X_OK) for p in CHARON_BINARIES)
+
+
+def select(params: Params) -> Any:
+    """Parse the config and pick this VIP's connections, secrets and pools."""
+    from ipsec_vip import swanctl  # parsing is only needed by start/validate
+
+    return swanctl.select(swanctl.load(params.config), params.vip, params.connections)
+
+
+def mobike_warnings(selection: Any) -> list[str]:
+    from ipsec_vip.swanctl import mobike_enabled
+
+    return [f"connection {name}: mobike is on; clients may follow this node's own address after a "
+            f"failover - set mobike = no" for name, body in selection.connections.items() if mobike_enabled(body)]
+
+
+def _initiators(connections: dict[str, dict[str, Any]]) -> list[str]:
+    """Connections with a child that charon starts by itself (start_action has 'start')."""
+    return [name for name, body in connections.items()
+            if any("start" in str(child.get("start_action", "")).split("|")
+                   for child in (body.get("children") or {}).values() if isinstance(child, dict))]
+
+
+@contextlib.contextmanager
+def _session(params: Params, deadline: Deadline) -> Iterator[Vici]:
+    v = Vici(params.vici_socket, timeout=deadline.left())
+    try:
+        yield v
+    finally:
+        v.close()
+
+
+def _unreachable(e: ViciUnreachable) -> IpsecVipError:
+    if not charon_installed():
+        return NotInstalledError("strongSwan's charon is not installed on this node")
+    return e
+
+
+def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
+    """Load the selection into charon; returns a one-line summary. Idempotent."""
+    selection = select(params)
+    if not vipmod.held(params.vip, params.interface):
+        where = f" on {params.interface}" if params.interface else ""
+        raise NotHeld(f"this node does not hold VIP {params.vip}{where}; nothing loaded")
+    with states.lock(deadline.left(cap=3600)), _session(params, deadline) as v:
+        try:
+            loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
+        except ViciUnreachable as e:
+            raise _unreachable(e) from None
+        record = states.read(instance)
+        if record is not None and set(record.conns) <= loaded and set(selection.connections) <= loaded:
+            return f"already started: {len(record.conns)} connections loaded"
+        before_secrets = set(v.request("get-shared", timeout=deadline.left()).get("keys", []))
+        before_pools = set(v.request("get-pools", timeout=deadline.left()))
+        record = Record(vip=str(params.vip), config=params.config, conns=list(selection.connections),
+                        secrets=[s["id"] for s in selection.secrets], pools=list(selection.pools),
+                        initiators=_initiators(selection.connections))
+        states.write(instance, record)  # before loading: a start cut short is undone by stop
+        try:
+            _load(v, selection, deadline)
+        except IpsecVipError:
+            undo = Record(vip=record.vip, config=record.config,
+                          conns=[c for c in record.conns if c not in loaded],
+                          secrets=[s for s in record.secrets if s not in before_secrets],
+                          pools=[p for p in record.pools if p not in before_pools])
+            with contextlib.suppress(IpsecVipError):
+                _unload(v, undo, states.others(instance), deadline, terminate=True)
+            states.remove(instance)
+            raise
+        now = set(v.request("get-conns", timeout=deadline.left())["conns"])
+        missing = [c for c in record.conns if c not in now]
+        if missing:
+            raise IpsecVipError(f"charon accepted but does not list connection(s) {', '.join(missing)}")
+    return (f"loaded {len(record.conns)} connections, {len(record.secrets)} secrets, "
+            f"{len(record.pools)} pools for VIP {params.vip}")
+
+
+def _load(v: Vici, selection: Any, deadline: Deadline) -> None:
+    """Secrets, then pools, then connections (swanctl's order); conns batched."""
+    for secret in selection.secrets:
+        _command(v, "load-shared", secret, f"secret {secret['id']}", deadline)
+    for name, body in selection.pools.items():
+        _command(v, "load-pool", {name: body}, f"pool {name}", deadline)
+    from vici.protocol import Message
+
+    batch: dict[str, Any] = {}
+    size = 0
+    for name, body in selection.connections.items():
+        n = len(Message.serialize({name: body}))
+        if batch and size + n > _MAX_MESSAGE:
+            _load_conns(v, batch, deadline)
+            batch, size = {}, 0
+        batch[name] = body
+        size += n
+    if batch:
+        _load_conns(v, batch, deadline)
+
+
+def _load_conns(v: Vici, batch: dict[str, Any], deadline: Deadline) -> None:
+    try:
+        v.request("load-conn", batch, timeout=deadline.left())
+    except ViciCommandError as e:
+        if len(batch) > 1:  # find the one charon refuses, for the message
+            for name, body in batch.items():
+                _command(v, "load-conn", {name: body}, f"connection {name}", deadline)
+        what = f"connection {next(iter(batch))}" if len(batch) == 1 else f"{len(batch)} connections"
+        raise ConfigError(f"charon refused {what}: {e.errmsg}") from None
+
+
+def _command(v: Vici, command: str, message: dict[str, Any], what: str, deadline: Deadline) -> None:
+    try:
+        v.request(command, message, timeout=deadline.left())
+    except ViciCommandError as e:
+        raise ConfigError(f"charon refused {what}: {e.errmsg}") from None
+
+
+def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline) -> str:
+    """Unload what the instance loaded; terminate its SAs once the VIP is gone."""
+    try:
+        record = states.read(instance)
+    except StateError as e:
+        log.warning("%s; falling back to the configuration", e)
+        record = None
+        if params is not None:
+            with contextlib.suppress(IpsecVipError):
+                sel = select(params)
+                record = Record(vip=str(params.vip), config=params.config, conns=list(sel.connections),
+                                secrets=[s["id"] for s in sel.secrets], pools=list(sel.pools))
+        if record is None:
+            raise
+    if record is None:
+        return "not started here"
+    vip_addr = vipmod.parse_vip(record.vip)
+    uri_params = params or Params(vip=vip_addr)
+    with states.lock(deadline.left(cap=3600)), _session(uri_params, deadline) as v:
+        try:
+            loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
+        except ViciUnreachable:
+            states.remove(instance)
+            return "charon is not running: nothing of ours can be loaded"
+        here = vipmod.held(vip_addr)
+        left = _unload(v, record, states.others(instance), deadline, terminate=not here, loaded=loaded)
+        still = set(v.request("get-conns", timeout=deadline.left())["conns"]) & set(record.conns)
+        if still:
+            raise IpsecVipError(f"connection(s) {', '.join(sorted(still))} still loaded after unload")
+        states.remove(instance)
+    if here and left:
+        return (f"unloaded {len(record.conns)} connections; VIP {record.vip} still held here, so "
+                f"{left} SA(s) are left to carry traffic until it moves (no DELETE sent)")
+    return f"unloaded {len(record.conns)} connections, terminated {left} SA(s)"
+
+
+def _unload(v: Vici, record: Record, others: list[Record], deadline: Deadline, *, terminate: bool,
+            loaded: set[str] | None = None) -> int:
+    """Unload conns, then (optionally) terminate their SAs, then unused secrets and pools.
+
+    Returns the number of IKE_SAs terminated (terminate) or left up (not terminate).
+    """
+    for name in record.conns:
+        if loaded is not None and name not in loaded:
+            continue
+        try:
+            v.request("unload-conn", {"name": name}, timeout=deadline.left())
+        except ViciCommandError as e:
+            if "not found" not in e.errmsg:
+                raise
+    ours = set(record.conns)
+    sa_ids = [body["uniqueid"] for sa in v.stream("list-sas", "list-sa", {}, timeout=deadline.left())
+              for name, body in sa.items() if name in ours and isinstance(body, dict)]
+    if terminate:
+        for ike_id in sa_ids:
+            try:
+                v.stream("terminate", "control-log", {"ike-id": ike_id, "force": "yes", "timeout": "-1"},
+                         timeout=deadline.left())
+            except ViciCommandError as e:
+                if "no matching" not in e.errmsg:
+                    raise
+    used_secrets = {s for o in others for s in o.secrets}
+    used_pools = {p for o in others for p in o.pools}
+    for sid in record.secrets:
+        if sid not in used_secrets:
+            v.request("unload-shared", {"id": sid}, timeout=deadline.left())
+    for pool in record.pools:
+        if pool in used_pools:
+            continue
+        try:
+            v.request("unload-pool", {"name": pool}, timeout=deadline.left())
+        except ViciCommandError as e:
+            if "not found" not in e.errmsg:
+                log.warning("pool %s stays loaded: %s", pool, e.errmsg)
+    return len(sa_ids)
+
+
+def check(params: Params, record: Record, level: int, deadline: Deadline) -> Health:
+    """Health of a started instance: charon answers, our conns loaded, VIP held;
+    at level >= 10 also that initiator connections have an established CHILD_SA."""
+    health = Health(running=True)
+    with _session(params, deadline) as v:
+        try:
+            loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
+        except ViciUnreachable as e:
+            return Health(running=False, problems=[str(e)])
+        missing = [c for c in record.conns if c not in loaded]
+        if len(missing) == len(record.conns):
+            return Health(running=False, problems=[
+                f"none of the {len(record.conns)} connections are loaded in charon (charon restarted?)"])
+        if missing:
+            health.problems.append(f"connection(s) vanished from charon: {', '.join(missing[:10])}")
+        if not vipmod.held(params.vip, params.interface):
+            health.problems.append(f"connections loaded but VIP {params.vip} is not held by this node")
+        if level >= 10 and record.initiators:
+            up = set()
+            for sa in v.stream("list-sas", "list-sa", {"noblock": "yes"}, timeout=deadline.left()):
+                for name, body in sa.items():
+                    children = body.get("child-sas") or {}
+                    if body.get("state") == "ESTABLISHED" and any(
+                            c.get("state") == "INSTALLED" for c in children.values()):
+                        up.add(name)
+            down = [c for c in record.initiators if c not in up]
+            if down:
+                health.degraded.append(f"initiator connection(s) not established: {', '.join(down[:10])}")
+    return health

@@ -1,0 +1,54 @@
+"""Typed errors. Each carries the OCF exit code it maps to; only the OCF and CLI
+entry points turn them into exit codes. Messages never contain secrets."""
+
+from __future__ import annotations
+
+# OCF exit codes (OCF 1.1 resource agent API, plus Pacemaker's "degraded").
+OCF_SUCCESS = 0
+OCF_ERR_GENERIC = 1
+OCF_ERR_ARGS = 2
+OCF_ERR_UNIMPLEMENTED = 3
+OCF_ERR_PERM = 4
+OCF_ERR_INSTALLED = 5
+OCF_ERR_CONFIGURED = 6
+OCF_NOT_RUNNING = 7
+OCF_DEGRADED = 190
+
+
+class IpsecVipError(Exception):
+    """Base error: message is one line suitable as an OCF exit reason."""
+
+    ocf_code = OCF_ERR_GENERIC
+
+
+class ConfigError(IpsecVipError):
+    """The parameters or the swanctl.conf file are invalid in themselves."""
+
+    ocf_code = OCF_ERR_CONFIGURED
+
+
+class NotInstalledError(IpsecVipError):
+    """Software this node needs is missing."""
+
+    ocf_code = OCF_ERR_INSTALLED
+
+
+class ViciError(IpsecVipError):
+    """charon could not be reached, timed out or broke the protocol."""
+
+
+class ViciUnreachable(ViciError):
+    """No charon answers on the socket (absent, not started, refused)."""
+
+
+class ViciCommandError(ViciError):
+    """charon answered a command with success=no; ``errmsg`` is charon's text."""
+
+    def __init__(self, command: str, errmsg: str) -> None:
+        super().__init__(f"charon refused {command}: {errmsg}")
+        self.command = command
+        self.errmsg = errmsg
+
+
+class StateError(IpsecVipError):
+    """The per-instance state directory or file cannot be used safely."""

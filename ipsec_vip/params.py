@@ -1,0 +1,61 @@
+"""The resource's parameters, checked once and typed (shared by the agent and the CLI)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from ipsec_vip.errors import ConfigError
+from ipsec_vip.vici_session import DEFAULT_SOCKET, socket_path
+from ipsec_vip.vip import IPAddress, parse_vip
+
+DEFAULT_CONFIG = "/etc/ipsec-vip/swanctl.conf"
+_BAD_NAME = re.compile(r'[#{}:.="\s]')
+_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+
+
+@dataclass(frozen=True)
+class Params:
+    """What one resource instance manages."""
+
+    vip: IPAddress
+    config: str = DEFAULT_CONFIG
+    connections: tuple[str, ...] = ()
+    vici_socket: str = DEFAULT_SOCKET
+    interface: str | None = None
+
+
+def split_names(text: str) -> tuple[str, ...]:
+    """'a, b c' -> ('a', 'b', 'c'); names must be valid swanctl.conf section names."""
+    names = tuple(n for n in re.split(r"[\s,]+", text.strip()) if n)
+    bad = [n for n in names if _BAD_NAME.search(n)]
+    if bad:
+        raise ConfigError(f"connections: {bad[0]!r} is not a valid connection name")
+    if len(set(names)) != len(names):
+        raise ConfigError("connections: a connection is named twice")
+    return names
+
+
+def parse(values: Mapping[str, str]) -> Params:
+    """Build Params from name -> value (OCF_RESKEY_ prefix already removed)."""
+    raw_vip = values.get("vip", "").strip()
+    if not raw_vip:
+        raise ConfigError("parameter vip is required")
+    try:
+        vip = parse_vip(raw_vip)
+    except ValueError:
+        raise ConfigError(f"vip {raw_vip!r} is not an IPv4 or IPv6 address") from None
+    config = values.get("config", "").strip() or DEFAULT_CONFIG
+    if not config.startswith("/"):
+        raise ConfigError(f"config {config!r} must be an absolute path")
+    uri = values.get("vici_socket", "").strip() or DEFAULT_SOCKET
+    try:
+        socket_path(uri)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    interface = values.get("interface", "").strip() or None
+    if interface is not None and not _IFNAME.match(interface):
+        raise ConfigError(f"interface {interface!r} is not a valid interface name")
+    return Params(vip=vip, config=config, connections=split_names(values.get("connections", "")),
+                  vici_socket=uri, interface=interface)

@@ -1,0 +1,168 @@
+"""Per-instance state and the node-wide lock, under ``$HA_RSCTMP/ipsec-vip``.
+
+The state file records what a resource instance loaded into charon (written
+before loading, so a start cut short is still undone by stop). Its presence
+means "started here". The directory is 0700, owned by us and never followed
+through a symlink; files are opened with O_NOFOLLOW and replaced atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+from ipsec_vip.errors import StateError
+
+DEFAULT_RSCTMP = "/run/resource-agents"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass
+class Record:
+    """What one instance loaded into charon."""
+
+    vip: str
+    config: str
+    conns: list[str]
+    secrets: list[str] = field(default_factory=list)
+    pools: list[str] = field(default_factory=list)
+    initiators: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Record:
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        rec = cls(vip=str(data["vip"]), config=str(data["config"]),
+                  conns=_strings(data["conns"]), secrets=_strings(data.get("secrets", [])),
+                  pools=_strings(data.get("pools", [])),
+                  initiators=_strings(data.get("initiators", [])))
+        return rec
+
+
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("not a list of strings")
+    return list(value)
+
+
+class StateDir:
+    """The project's directory under HA_RSCTMP."""
+
+    def __init__(self, rsctmp: str | None = None) -> None:
+        base = rsctmp or os.environ.get("HA_RSCTMP") or DEFAULT_RSCTMP
+        self.path = os.path.join(base, "ipsec-vip")
+
+    def ensure(self) -> None:
+        """Create the directory (0700) or check the existing one is safe."""
+        base = os.path.dirname(self.path)
+        try:
+            os.makedirs(base, mode=0o755, exist_ok=True)
+            os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise StateError(f"cannot create state directory {self.path}: {e.strerror}") from None
+        self._check()
+
+    def _check(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except OSError as e:
+            raise StateError(f"cannot use state directory {self.path}: {e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise StateError(f"state directory {self.path} is not a directory (symlink or file planted?)")
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise StateError(f"state directory {self.path} is writable by others or not ours; remove it")
+
+    def _file(self, instance: str, suffix: str) -> str:
+        return os.path.join(self.path, _UNSAFE.sub("_", instance) + suffix)
+
+    def read(self, instance: str) -> Record | None:
+        """The instance's record, or None when it is not started here."""
+        return self._read_path(self._file(instance, ".json"))
+
+    def _read_path(self, path: str) -> Record | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise StateError(f"cannot read state file {path}: {e.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(1 << 24)
+        try:
+            return Record.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise StateError(f"state file {path} is damaged; stop the resource to clean up") from None
+
+    def write(self, instance: str, record: Record) -> None:
+        """Replace the record atomically."""
+        self.ensure()
+        final = self._file(instance, ".json")
+        tmp = final + f".{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(asdict(record), f)
+            os.replace(tmp, final)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StateError(f"cannot write state file {final}: {e.strerror}") from None
+
+    def remove(self, instance: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._file(instance, ".json"))
+
+    def others(self, instance: str) -> list[Record]:
+        """Records of every other instance on this node (damaged ones skipped)."""
+        mine = os.path.basename(self._file(instance, ".json"))
+        out = []
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise StateError(f"cannot list state directory {self.path}: {e.strerror}") from None
+        for name in sorted(names):
+            if name.endswith(".json") and name != mine:
+                with contextlib.suppress(StateError):
+                    rec = self._read_path(os.path.join(self.path, name))
+                    if rec is not None:
+                        out.append(rec)
+        return out
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float) -> Iterator[None]:
+        """Node-wide exclusive lock around changes to charon, waited for at most ``timeout`` s."""
+        self.ensure()
+        path = os.path.join(self.path, "lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StateError(f"cannot open lock {path}: {e.strerror}") from None
+        try:
+            end = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= end:
+                        raise StateError(f"another action held {path} for {timeout:.1f}s") from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)

@@ -1,0 +1,147 @@
+"""A VICI session with real timeouts, built on strongSwan's ``vici`` package.
+
+``vici.Session`` has no timeouts, no close, returns bytes and raises generic
+exceptions. This wrapper gives every call a hard deadline (a watchdog shuts the
+socket down, so even a peer that stalls mid-message cannot hang us), drops the
+connection after any timeout or protocol error (the stream is out of step
+then; the next call reconnects), consumes streamed replies fully, decodes values
+to ``str`` and raises the project's typed errors carrying charon's ``errmsg``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from ipsec_vip.errors import ViciCommandError, ViciError, ViciUnreachable
+
+if TYPE_CHECKING:
+    import vici
+
+DEFAULT_SOCKET = "unix:///var/run/charon.vici"
+T = TypeVar("T")
+
+
+def socket_path(uri: str) -> str:
+    """``unix:///path`` or ``/path`` -> ``/path``; anything else is not a VICI socket we use."""
+    if uri.startswith("unix://"):
+        path = uri[len("unix://"):]
+    else:
+        path = uri
+    if not path.startswith("/"):
+        raise ValueError(f"vici_socket must be unix:///absolute/path, not {uri!r}")
+    return path
+
+
+def decode(value: Any) -> Any:
+    """VICI bytes -> str, recursively."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: decode(v) for k, v in value.items()}
+    return value
+
+
+class Vici:
+    """One connection to charon's VICI socket; use as a context manager."""
+
+    def __init__(self, uri: str = DEFAULT_SOCKET, timeout: float = 5.0) -> None:
+        self.uri = uri
+        self.path = socket_path(uri)
+        self.timeout = timeout
+        self._session: vici.Session | None = None
+        self._sock: socket.socket | None = None
+
+    def __enter__(self) -> Vici:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        sock, self._sock, self._session = self._sock, None, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _connect(self, timeout: float) -> vici.Session:
+        if self._session is None:
+            import vici  # imported on first use: meta-data and usage never pay for it
+
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(max(timeout, 0.001))
+            try:
+                sock.connect(self.path)
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                sock.close()
+                raise ViciUnreachable(f"charon is not answering on {self.uri} ({e.strerror})") from None
+            except OSError as e:
+                sock.close()
+                raise ViciError(f"cannot connect to charon on {self.uri}: {e.strerror or e}") from None
+            self._sock, self._session = sock, vici.Session(sock)
+        return self._session
+
+    def _run(self, command: str, fn: Callable[[vici.Session], T], timeout: float | None) -> T:
+        from vici.exception import CommandException, DeserializationException, SessionException
+
+        limit = self.timeout if timeout is None else timeout
+        if limit <= 0:
+            raise ViciError(f"no time left for VICI {command} on {self.uri}")
+        start = time.monotonic()
+        session = self._connect(limit)
+        assert self._sock is not None
+        self._sock.settimeout(max(limit - (time.monotonic() - start), 0.001))
+        fired = threading.Event()
+        sock = self._sock
+
+        def expire() -> None:
+            fired.set()
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        watchdog = threading.Timer(limit, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return fn(session)
+        except CommandException as e:
+            text = str(e)
+            errmsg = text[len("Command failed: "):] if text.startswith("Command failed: ") else text
+            raise ViciCommandError(command, errmsg) from None
+        except ViciError:
+            self.close()
+            raise
+        except (TimeoutError, socket.timeout):
+            self.close()
+            raise ViciError(f"charon did not answer VICI {command} within {limit:.1f}s on {self.uri}") from None
+        except (OSError, SessionException, DeserializationException,
+                struct.error, KeyError, ValueError, IndexError, UnicodeDecodeError) as e:
+            self.close()
+            if fired.is_set():
+                raise ViciError(f"charon did not answer VICI {command} within {limit:.1f}s on {self.uri}") from None
+            raise ViciError(f"VICI {command} failed on {self.uri}: {type(e).__name__}: {e}") from None
+        finally:
+            watchdog.cancel()
+
+    def request(self, command: str, message: dict[str, Any] | None = None,
+                timeout: float | None = None) -> dict[str, Any]:
+        """A plain command; returns the decoded reply."""
+        reply = self._run(command, lambda s: s.request(command, message), timeout)
+        return decode(reply)  # type: ignore[no-any-return]
+
+    def stream(self, command: str, event: str, message: dict[str, Any] | None = None,
+               timeout: float | None = None) -> list[dict[str, Any]]:
+        """A streamed command; returns every decoded event, consumed fully."""
+        events = self._run(command, lambda s: list(s.streamed_request(command, event, message)), timeout)
+        return [decode(e) for e in events]
