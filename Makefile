@@ -6,7 +6,7 @@ DESTDIR  ?=
 PY       := $(VENV)/bin/python
 APT_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
 	libstrongswan-extra-plugins resource-agents pacemaker-cli-utils libxml2-utils \
-	iproute2 iputils-ping iputils-arping procps python3-venv
+	iproute2 iputils-ping iputils-arping procps python3-venv pcs
 PYTEST_ARGS ?=
 
 .PHONY: check deps venv lint test demo install clean

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from ipsec_vip import __version__, control, ocf
 from ipsec_vip.errors import (
@@ -19,6 +19,7 @@ from ipsec_vip.errors import (
     OCF_SUCCESS,
     ConfigError,
     IpsecVipError,
+    NotInstalledError,
     ViciUnreachable,
 )
 from ipsec_vip.params import DEFAULT_CONFIG, Params, parse
@@ -139,7 +140,7 @@ def _validate_host(params: Params, env: ocf.Env) -> None:
     from ipsec_vip.vici_session import Vici
 
     if not control.charon_installed():
-        raise control.NotInstalledError("strongSwan's charon is not installed on this node")
+        raise NotInstalledError("strongSwan's charon is not installed on this node")
     if params.interface and not os.path.exists(f"/sys/class/net/{params.interface}"):
         raise ConfigError(f"interface {params.interface} does not exist on this node")
     StateDir().ensure()

@@ -17,8 +17,9 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ipsec_vip import vip as vipmod
 from ipsec_vip.errors import (

@@ -11,8 +11,9 @@ import logging
 import logging.handlers
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable
 
 from ipsec_vip.errors import OCF_ERR_GENERIC, OCF_ERR_UNIMPLEMENTED, OCF_SUCCESS, IpsecVipError
 
@@ -62,7 +63,7 @@ class Env:
 
 def _int(text: str | None, default: int) -> int:
     try:
-        return int(text) if text not in (None, "") else default  # type: ignore[arg-type]
+        return int(text) if text else default
     except ValueError:
         return default
 

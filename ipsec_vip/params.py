@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.vici_session import DEFAULT_SOCKET, socket_path

@@ -16,8 +16,9 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ipsec_vip.errors import StateError
 

@@ -10,6 +10,7 @@ to ``str`` and raises the project's typed errors carrying charon's ``errmsg``.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -27,10 +28,7 @@ T = TypeVar("T")
 
 def socket_path(uri: str) -> str:
     """``unix:///path`` or ``/path`` -> ``/path``; anything else is not a VICI socket we use."""
-    if uri.startswith("unix://"):
-        path = uri[len("unix://"):]
-    else:
-        path = uri
+    path = uri[len("unix://"):] if uri.startswith("unix://") else uri
     if not path.startswith("/"):
         raise ValueError(f"vici_socket must be unix:///absolute/path, not {uri!r}")
     return path
@@ -67,10 +65,8 @@ class Vici:
         """Close the connection; safe to call twice."""
         sock, self._sock, self._session = self._sock, None, None
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     def _connect(self, timeout: float) -> vici.Session:
@@ -98,17 +94,16 @@ class Vici:
             raise ViciError(f"no time left for VICI {command} on {self.uri}")
         start = time.monotonic()
         session = self._connect(limit)
-        assert self._sock is not None
-        self._sock.settimeout(max(limit - (time.monotonic() - start), 0.001))
-        fired = threading.Event()
         sock = self._sock
+        if sock is None:
+            raise ViciError(f"no connection to {self.uri}")
+        sock.settimeout(max(limit - (time.monotonic() - start), 0.001))
+        fired = threading.Event()
 
         def expire() -> None:
             fired.set()
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
         watchdog = threading.Timer(limit, expire)
         watchdog.daemon = True

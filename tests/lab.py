@@ -19,11 +19,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import vici
 
@@ -92,7 +94,8 @@ def add_netns(short: str) -> str:
     return name
 
 
-def in_ns(netns: str, *cmd: str, check: bool = True, timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess[str]:
+def in_ns(netns: str, *cmd: str, check: bool = True, timeout: float = 30,
+          **kw: Any) -> subprocess.CompletedProcess[str]:
     """Run a command inside a namespace."""
     return run(IP, "netns", "exec", netns, *cmd, check=check, timeout=timeout, **kw)
 
@@ -150,7 +153,8 @@ class Charon:
             with contextlib.suppress(FileNotFoundError):
                 (self.base / "run" / stale).unlink()
         log = open(self.base / "charon.log", "ab")
-        script = 'mount -n --bind "$1/run" /run && mount -n --bind "$1/strongswan.conf" /etc/strongswan.conf && exec "$2"'
+        script = ('mount -n --bind "$1/run" /run && '
+                  'mount -n --bind "$1/strongswan.conf" /etc/strongswan.conf && exec "$2"')
         self.proc = subprocess.Popen(
             [IP, "netns", "exec", self.netns, "sh", "-c", script, "sh", str(self.base), CHARON],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -360,7 +364,8 @@ class Lab:
         self.namespaces.clear()
 
 
-def client_conn(vip: str = VIP, identity: str = "client1@example.com", server_id: str = "vpn.example.com") -> dict[str, Any]:
+def client_conn(vip: str = VIP, identity: str = "client1@example.com",
+                server_id: str = "vpn.example.com") -> dict[str, Any]:
     """A road-warrior client with the settings the README recommends."""
     return {
         "home": {
@@ -409,9 +414,9 @@ class Result:
 def agent(action: str, params: dict[str, str], netns: str | None = None, rsctmp: str | None = None,
           instance: str = "vpn", timeout: float = 60, **env: str) -> Result:
     """Run ocf/strongswan like pacemaker-execd would: clean environment, one action."""
-    bindir = os.path.dirname(os.path.realpath(os.sys.executable))
+    bindir = os.path.dirname(os.path.realpath(sys.executable))
     environ = {
-        "PATH": f"{os.path.dirname(os.sys.executable)}:{bindir}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH": f"{os.path.dirname(sys.executable)}:{bindir}:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8", "OCF_ROOT": "/usr/lib/ocf", "OCF_RESOURCE_INSTANCE": instance,
         "OCF_RA_VERSION_MAJOR": "1", "OCF_RA_VERSION_MINOR": "1",
         "OCF_EXIT_REASON_PREFIX": "ocf-exit-reason:",
@@ -420,7 +425,7 @@ def agent(action: str, params: dict[str, str], netns: str | None = None, rsctmp:
         environ["HA_RSCTMP"] = rsctmp
     environ.update({f"OCF_RESKEY_{k}": v for k, v in params.items()})
     environ.update(env)
-    cmd = [os.sys.executable, AGENT, action]
+    cmd = [sys.executable, AGENT, action]
     if netns:
         cmd = [IP, "netns", "exec", netns, *cmd]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ)

@@ -11,7 +11,8 @@ import pytest
 
 from ipsec_vip import agent, ocf
 from ipsec_vip.errors import ConfigError, IpsecVipError, NotInstalledError
-from tests.lab import AGENT, agent as run_agent
+from tests.lab import AGENT
+from tests.lab import agent as run_agent
 
 DTD = "/usr/share/resource-agents/ra-api-1.dtd"
 

@@ -1,0 +1,173 @@
+"""The VICI wrapper: real charon for the normal paths, fake sockets for faults charon cannot make."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from ipsec_vip.errors import ViciCommandError, ViciError, ViciUnreachable
+from ipsec_vip.vici_session import Vici, socket_path
+
+
+class FakeServer:
+    """A unix socket whose behaviour after accept() is a function of the connection."""
+
+    def __init__(self, path: Path, behave: Callable[[socket.socket], None]) -> None:
+        self.path = str(path)
+        self.srv = socket.socket(socket.AF_UNIX)
+        self.srv.bind(self.path)
+        self.srv.listen(4)
+        self.behave = behave
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self.behave, args=(c,), daemon=True).start()
+
+    def close(self) -> None:
+        self.srv.close()
+        for c in self.conns:
+            c.close()
+
+
+def _read_request(c: socket.socket) -> bytes:
+    (n,) = struct.unpack("!I", c.recv(4))
+    return c.recv(n)
+
+
+@pytest.fixture
+def fake(tmp_path):
+    servers = []
+
+    def make(behave):
+        s = FakeServer(tmp_path / f"f{len(servers)}.vici", behave)
+        servers.append(s)
+        return s
+    yield make
+    for s in servers:
+        s.close()
+
+
+def test_socket_path_forms():
+    assert socket_path("unix:///var/run/charon.vici") == "/var/run/charon.vici"
+    assert socket_path("/run/x") == "/run/x"
+    with pytest.raises(ValueError):
+        socket_path("tcp://127.0.0.1:4502")
+
+
+def test_missing_socket_is_unreachable(tmp_path):
+    with Vici(str(tmp_path / "none.vici")) as v, pytest.raises(ViciUnreachable, match=r"none\.vici"):
+        v.request("version")
+
+
+def test_refused_socket_is_unreachable(tmp_path):
+    p = tmp_path / "dead.vici"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(p))
+    s.close()  # a socket file nobody listens on
+    with Vici(str(p)) as v, pytest.raises(ViciUnreachable):
+        v.request("version")
+
+
+def test_never_answers_times_out(fake):
+    srv = fake(lambda c: time.sleep(30))
+    t = time.monotonic()
+    with Vici(srv.path) as v, pytest.raises(ViciError, match="did not answer"):
+        v.request("version", timeout=0.3)
+    assert time.monotonic() - t < 2
+
+
+def test_stalls_mid_message_times_out(fake):
+    def behave(c):
+        _read_request(c)
+        c.sendall(b"\x00\x00")  # half a length header, then silence
+        time.sleep(30)
+    srv = fake(behave)
+    t = time.monotonic()
+    with Vici(srv.path) as v, pytest.raises(ViciError, match="did not answer"):
+        v.request("version", timeout=0.3)
+    assert time.monotonic() - t < 2
+
+
+def test_stalls_mid_payload_hits_the_hard_deadline(fake):
+    def behave(c):
+        _read_request(c)
+        c.sendall(struct.pack("!I", 100) + b"\x01")  # promises 100 bytes, sends 1
+        time.sleep(30)
+    srv = fake(behave)
+    t = time.monotonic()
+    with Vici(srv.path) as v, pytest.raises(ViciError):
+        v.request("version", timeout=0.3)
+    assert time.monotonic() - t < 2
+
+
+@pytest.mark.parametrize("garbage", [b"\x63random", b"\x01\x03\xff", b"\x02"])
+def test_garbage_is_a_protocol_error(fake, garbage):
+    def behave(c):
+        _read_request(c)
+        c.sendall(struct.pack("!I", len(garbage)) + garbage)
+    srv = fake(behave)
+    with Vici(srv.path) as v, pytest.raises(ViciError) as e:
+        v.request("version", timeout=1)
+    assert not isinstance(e.value, ViciUnreachable)
+
+
+def test_close_mid_message_is_an_error(fake):
+    def behave(c):
+        _read_request(c)
+        c.sendall(struct.pack("!I", 50) + b"\x01")
+        c.close()
+    srv = fake(behave)
+    with Vici(srv.path) as v, pytest.raises(ViciError):
+        v.request("version", timeout=1)
+
+
+def test_reconnects_after_a_timeout(fake):
+    calls = []
+
+    def behave(c):
+        calls.append(c)
+        _read_request(c)
+        if len(calls) == 1:
+            time.sleep(30)
+        # an empty CMD_RESPONSE
+        c.sendall(struct.pack("!I", 1) + b"\x01")
+    srv = fake(behave)
+    with Vici(srv.path) as v:
+        with pytest.raises(ViciError):
+            v.request("version", timeout=0.3)
+        assert v.request("version", timeout=1) == {}
+    assert len(calls) == 2
+
+
+def test_real_charon_round_trip(charon):
+    with Vici(charon.vici_path) as v:
+        ver = v.request("version")
+        assert ver["version"].startswith("5.") and isinstance(ver["daemon"], str)
+        assert isinstance(v.request("get-conns")["conns"], list)
+        assert v.stream("list-sas", "list-sa", {"noblock": "yes"}) == []
+
+
+def test_real_charon_errmsg_is_carried(charon):
+    with Vici(charon.vici_path) as v, pytest.raises(ViciCommandError) as e:
+        v.request("unload-conn", {"name": "no-such-conn"})
+    assert "not found" in e.value.errmsg
+    assert e.value.command == "unload-conn"
+
+
+def test_real_charon_streamed_error_after_consuming(charon):
+    with Vici(charon.vici_path) as v, pytest.raises(ViciCommandError, match="no matching"):
+        v.stream("terminate", "control-log", {"ike": "nothing", "force": "yes", "timeout": "-1"})
