@@ -106,7 +106,7 @@ CASES = [
     ("charon refuses proposal", "start", {"config": "refused-proposal"}, 6),
     ("charon refuses value", "start", {"config": "refused-value"}, 6),
     ("charon refuses pool", "start", {"config": "refused-pool"}, 6),
-    ("vip not held", "start", {"vip": "192.0.2.99"}, 1),
+    ("vip not held", "start", {"vip": "192.0.2.99", "connections": "rw"}, 1),
     ("bad interface name", "validate-all", {"interface": "eth0/../x"}, 6),
     ("vip on another interface", "start", {"interface": "eth1"}, 1),
     ("socket missing at level 10", "validate-all", {"vici_socket": "unix:///nonexistent/charon.vici"}, 1, "10"),

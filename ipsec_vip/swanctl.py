@@ -1,0 +1,417 @@
+"""swanctl.conf reader: the file format of strongswan.conf(5), turned into the VICI
+messages that ``swanctl --load-all --file`` would send.
+
+Grammar: sections ``name { }``, settings ``key = value``, ``include`` globs
+(relative to the including file, sorted, none matching is fine, content lands in
+the enclosing section), references ``name : a, b.c { }`` (absolute paths from the
+top, forward references allowed; own keys first, then each reference's, recursively;
+same-named subsections merge), ``key =`` clearing an inherited value, comments
+``#``, quoted values with ``\\n \\r \\t \\<char>`` escapes, repeated sections merged,
+a repeated key keeping its first position with the last value.
+
+Only ``connections``, ``secrets`` (the shared ones: eap, xauth, ntlm, ike, ppk) and
+``pools`` are converted; ``authorities`` and private keys are not (yet).
+Every problem raises :class:`~ipsec_vip.errors.ConfigError` naming file and line,
+and never quoting a value (a value may be a secret).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import glob
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from ipsec_vip.errors import ConfigError
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+LIST_KEYS = frozenset({"local_addrs", "remote_addrs", "proposals", "esp_proposals", "ah_proposals",
+                       "local_ts", "remote_ts", "vips", "pools", "groups", "cert_policy"})
+FILE_LIST_KEYS = {"certs": "x509", "cacerts": "x509ca", "pubkeys": "pubkey"}
+SHARED_TYPES = ("eap", "xauth", "ntlm", "ike", "ppk")
+OTHER_SECRET_TYPES = ("private", "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12", "token")
+ID_KEYS = ("id", "eap_id", "xauth_id", "aaa_id")
+_SPECIAL = set('#{}:.,="\r\n\t ')
+MAX_INCLUDE_DEPTH = 10
+MAX_FILE_SIZE = 64 << 20
+
+
+@dataclass
+class _Section:
+    name: str
+    refs: list[str] = field(default_factory=list)
+    settings: dict[str, str | None] = field(default_factory=dict)  # None = cleared
+    sections: dict[str, _Section] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SwanctlConfig:
+    """The VICI message bodies of one swanctl.conf file."""
+
+    path: str
+    connections: dict[str, dict[str, Any]]
+    secrets: list[dict[str, Any]] = field(repr=False)
+    pools: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What one VIP's resource loads."""
+
+    connections: dict[str, dict[str, Any]]
+    secrets: list[dict[str, Any]] = field(repr=False)
+    pools: dict[str, dict[str, Any]]
+
+
+# --------------------------------------------------------------------------- parsing
+class _Parser:
+    """Recursive-descent parser over one file's text; includes recurse."""
+
+    def __init__(self, path: str, text: str, stack: tuple[str, ...]) -> None:
+        self.path, self.text, self.pos, self.line, self.stack = path, text, 0, 1, stack
+
+    def error(self, what: str) -> ConfigError:
+        return ConfigError(f"{self.path}:{self.line}: {what}")
+
+    def _skip(self, newlines: bool = True) -> None:
+        text = self.text
+        while self.pos < len(text):
+            c = text[self.pos]
+            if c == "#":
+                end = text.find("\n", self.pos)
+                self.pos = len(text) if end < 0 else end
+            elif c == "\n" and newlines:
+                self.line += 1
+                self.pos += 1
+            elif c in " \t\r":
+                self.pos += 1
+            else:
+                return
+
+    def _name(self) -> str:
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] not in _SPECIAL:
+            self.pos += 1
+        return self.text[start:self.pos]
+
+    def parse(self, into: _Section, depth: int = 0) -> None:
+        self._statements(into, depth, top=True)
+
+    def _statements(self, section: _Section, depth: int, top: bool) -> None:
+        while True:
+            self._skip()
+            if self.pos >= len(self.text):
+                if not top:
+                    raise self.error(f"section '{section.name}' is not closed")
+                return
+            if self.text[self.pos] == "}":
+                if top:
+                    raise self.error("unexpected '}'")
+                self.pos += 1
+                return
+            name = self._name()
+            if not name:
+                raise self.error(f"unexpected character {self.text[self.pos]!r}")
+            if name == "include" and self.pos < len(self.text) and self.text[self.pos] in " \t":
+                self._include(section, depth)
+                continue
+            self._skip(newlines=False)
+            c = self.text[self.pos] if self.pos < len(self.text) else ""
+            if c == "=":
+                self.pos += 1
+                section.settings[name] = self._value()  # a repeated key keeps its first position
+            elif c in "{:":
+                refs = self._refs() if c == ":" else []
+                self._skip()
+                if self.pos >= len(self.text) or self.text[self.pos] != "{":
+                    raise self.error(f"expected '{{' after section name '{name}'")
+                self.pos += 1
+                sub = section.sections.setdefault(name, _Section(name))
+                sub.refs.extend(r for r in refs if r not in sub.refs)
+                self._statements(sub, depth, top=False)
+            else:
+                raise self.error(f"expected '=' or '{{' after '{name}'")
+
+    def _refs(self) -> list[str]:
+        self.pos += 1  # ':'
+        refs = []
+        while True:
+            self._skip()
+            start = self.pos
+            while self.pos < len(self.text) and (self.text[self.pos] not in _SPECIAL or self.text[self.pos] == "."):
+                self.pos += 1
+            ref = self.text[start:self.pos]
+            if not ref or ref.startswith(".") or ref.endswith(".") or ".." in ref:
+                raise self.error("invalid section reference")
+            refs.append(ref)
+            self._skip()
+            if self.pos < len(self.text) and self.text[self.pos] == ",":
+                self.pos += 1
+                continue
+            return refs
+
+    def _value(self) -> str | None:
+        """Parts up to newline, '#' or '}' joined by one space; None if empty (clears)."""
+        parts: list[str] = []
+        text = self.text
+        while True:
+            self._skip(newlines=False)
+            if self.pos >= len(text) or text[self.pos] in "\n}#":
+                break
+            if text[self.pos] == '"':
+                parts.append(self._quoted())
+            else:
+                start = self.pos
+                while self.pos < len(text) and text[self.pos] not in ' \t\r\n}#"':
+                    self.pos += 1
+                parts.append(text[start:self.pos])
+        return " ".join(parts) if parts else None
+
+    def _quoted(self) -> str:
+        self.pos += 1
+        out: list[str] = []
+        text = self.text
+        start_line = self.line
+        while self.pos < len(text):
+            c = text[self.pos]
+            if c == '"':
+                self.pos += 1
+                return "".join(out)
+            if c == "\\" and self.pos + 1 < len(text):
+                nxt = text[self.pos + 1]
+                self.pos += 2
+                if nxt == "\n":
+                    self.line += 1
+                    continue
+                out.append({"n": "\n", "r": "\r", "t": "\t"}.get(nxt, nxt))
+                continue
+            if c == "\n":
+                self.line += 1
+            out.append(c)
+            self.pos += 1
+        self.line = start_line
+        raise self.error("unterminated quoted string")
+
+    def _include(self, section: _Section, depth: int) -> None:
+        pattern = self._value()
+        if not pattern:
+            raise self.error("include without a file pattern")
+        if depth >= MAX_INCLUDE_DEPTH:
+            raise self.error(f"includes nested deeper than {MAX_INCLUDE_DEPTH} (include cycle?)")
+        base = os.path.dirname(self.path)
+        full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
+        for path in sorted(glob.glob(full)):
+            real = os.path.realpath(path)
+            if real in self.stack:
+                raise self.error(f"include cycle through {path}")
+            sub = _Parser(path, _read(path), (*self.stack, real))
+            sub.parse(section, depth + 1)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_SIZE + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_FILE_SIZE:
+        raise ConfigError(f"{path} is larger than {MAX_FILE_SIZE >> 20} MiB")
+    if b"\0" in raw:
+        raise ConfigError(f"{path} is not a text file (NUL byte)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8") from None
+
+
+# --------------------------------------------------------------------------- references
+class _Tree:
+    """Effective (reference-resolved) views of sections."""
+
+    def __init__(self, root: _Section, path: str) -> None:
+        self.root, self.path = root, path
+
+    def _lookup(self, ref: str) -> _Section:
+        node = self.root
+        for part in ref.split("."):
+            if part not in node.sections:
+                raise ConfigError(f"{self.path}: section reference '{ref}' does not exist")
+            node = node.sections[part]
+        return node
+
+    def chain(self, sections: list[_Section], seen: tuple[int, ...] = ()) -> list[_Section]:
+        """Sections and, depth first, what they reference."""
+        out: list[_Section] = []
+        for s in sections:
+            if id(s) in seen:
+                raise ConfigError(f"{self.path}: section reference cycle through '{s.name}'")
+            out.append(s)
+            out.extend(self.chain([self._lookup(r) for r in s.refs], (*seen, id(s))))
+        return out
+
+    def keys(self, chain: list[_Section]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        seen: set[str] = set()
+        for s in chain:
+            for k, v in s.settings.items():
+                if k not in seen:
+                    seen.add(k)
+                    if v is not None:
+                        out[k] = v
+        return out
+
+    def subsections(self, chain: list[_Section]) -> dict[str, list[_Section]]:
+        out: dict[str, list[_Section]] = {}
+        for s in chain:
+            for name, sub in s.sections.items():
+                out.setdefault(name, []).append(sub)
+        return {name: self.chain(subs) for name, subs in out.items()}
+
+    def top(self, name: str) -> dict[str, list[_Section]]:
+        section = self.root.sections.get(name)
+        return self.subsections(self.chain([section])) if section else {}
+
+
+# --------------------------------------------------------------------------- conversion
+def _split(value: str) -> list[str]:
+    return [t.strip(" ") for t in value.split(",") if t.strip(" ")]
+
+
+def _blob(token: str) -> bytes | None:
+    """0x hex / 0s base64 -> bytes; None for anything else."""
+    prefix = token[:2].lower()
+    try:
+        if prefix == "0x":
+            return binascii.unhexlify(token[2:])
+        if prefix == "0s":
+            return base64.b64decode(token[2:], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("invalid 0x/0s encoding") from None
+    return None
+
+
+def _message(tree: _Tree, chain: list[_Section], where: str, confdir: str) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for key, value in tree.keys(chain).items():
+        if key in LIST_KEYS:
+            body[key] = _split(value)
+        elif key in FILE_LIST_KEYS:
+            body[key] = [_file_item(tok, FILE_LIST_KEYS[key], where, confdir) for tok in _split(value)]
+        else:
+            body[key] = value
+    for name, sub in tree.subsections(chain).items():
+        body[name] = _message(tree, sub, f"{where}.{name}", confdir)
+    return body
+
+
+def _file_item(token: str, subdir: str, where: str, confdir: str) -> bytes:
+    try:
+        blob = _blob(token)
+    except ValueError:
+        raise ConfigError(f"{where}: invalid 0x/0s blob") from None
+    if blob is not None:
+        return blob
+    path = token if os.path.isabs(token) else os.path.join(confdir, subdir, token)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+
+
+def _secret(tree: _Tree, name: str, chain: list[_Section], path: str) -> dict[str, Any] | None:
+    lower = name.lower()
+    kind = next((t for t in SHARED_TYPES if lower.startswith(t)), None)
+    if kind is None:
+        if any(lower.startswith(t) for t in OTHER_SECRET_TYPES):
+            return None  # private key passphrases, tokens: not loaded by us
+        raise ConfigError(f"{path}: secrets.{name}: unknown secret type")
+    keys = tree.keys(chain)
+    if "secret" not in keys:
+        raise ConfigError(f"{path}: secrets.{name}: secret missing")
+    try:
+        data = _blob(keys["secret"])
+    except ValueError:
+        raise ConfigError(f"{path}: secrets.{name}: secret has an invalid 0x/0s encoding") from None
+    return {"id": name, "type": kind, "data": data if data is not None else keys["secret"].encode(),
+            "owners": [v for k, v in keys.items() if k.startswith("id")]}
+
+
+def load(path: str) -> SwanctlConfig:
+    """Read a swanctl.conf-format file into VICI message bodies."""
+    path = os.path.abspath(path)
+    root = _Section("")
+    try:
+        _Parser(path, _read(path), (os.path.realpath(path),)).parse(root)
+    except RecursionError:
+        raise ConfigError(f"{path}: sections nested too deeply") from None
+    tree = _Tree(root, path)
+    confdir = os.path.dirname(path)
+    try:
+        conns = {name: _message(tree, chain, f"connections.{name}", confdir)
+                 for name, chain in tree.top("connections").items()}
+        pools = {}
+        for name, chain in tree.top("pools").items():
+            pools[name] = {k: (v if k == "addrs" else _split(v)) for k, v in tree.keys(chain).items()}
+        secrets = [s for name, chain in tree.top("secrets").items()
+                   if (s := _secret(tree, name, chain, path)) is not None]
+    except RecursionError:
+        raise ConfigError(f"{path}: sections nested too deeply") from None
+    return SwanctlConfig(path=path, connections=conns, secrets=secrets, pools=pools)
+
+
+# --------------------------------------------------------------------------- selection
+def _addresses(values: Any) -> list[IPAddress]:
+    out: list[IPAddress] = []
+    for v in values if isinstance(values, list) else []:
+        try:
+            out.append(ipaddress.ip_address(v))
+        except ValueError:
+            continue
+    return out
+
+
+def _ids(body: dict[str, Any]) -> set[str]:
+    return {str(auth[k]) for name, auth in body.items()
+            if isinstance(auth, dict) and name.lower().startswith(("local", "remote"))
+            for k in ID_KEYS if k in auth}
+
+
+def _matches(owner: str, ident: str) -> bool:
+    if owner == ident:
+        return True
+    return ident == "%any" or ("*" in ident and fnmatch.fnmatchcase(owner, ident))
+
+
+def select(config: SwanctlConfig, vip: IPAddress, names: Sequence[str] = ()) -> Selection:
+    """The connections of ``vip`` (or those named), their pools and their secrets."""
+    if names:
+        unknown = [n for n in names if n not in config.connections]
+        if unknown:
+            raise ConfigError(f"connection(s) {', '.join(unknown)} not defined in {config.path}")
+        chosen = {n: config.connections[n] for n in names}
+    else:
+        plain = ipaddress.ip_address(str(vip).split("%")[0])
+        chosen = {n: b for n, b in config.connections.items() if plain in _addresses(b.get("local_addrs"))}
+        if not chosen:
+            raise ConfigError(f"no connection in {config.path} has {vip} in local_addrs")
+    pools = {p: config.pools[p] for body in chosen.values() for p in body.get("pools", []) if p in config.pools}
+    mine = set().union(*(_ids(b) for b in chosen.values()))
+    theirs = set().union(*(_ids(b) for n, b in config.connections.items() if n not in chosen))
+    secrets = [s for s in config.secrets
+               if not s["owners"]
+               or any(_matches(o, i) for o in s["owners"] for i in mine)
+               or not any(o in theirs for o in s["owners"])]
+    return Selection(connections=chosen, secrets=secrets, pools=pools)
+
+
+def mobike_enabled(body: dict[str, Any]) -> bool:
+    """charon's default is on; only an explicit false value turns it off."""
+    return str(body.get("mobike", "yes")).strip().lower() not in ("no", "false", "disabled", "0")
