@@ -1,0 +1,1 @@
+"""One module per ``ipsec-vip`` sub-command; each has ``register(subparsers)``."""

@@ -1,0 +1,23 @@
+"""Options and parsing shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ipsec_vip.params import DEFAULT_CONFIG, Params, parse
+from ipsec_vip.vici_session import DEFAULT_SOCKET
+
+
+def add_vip_options(p: argparse.ArgumentParser, vip_required: bool = True) -> None:
+    """--vip --config --connections --vici-socket --interface, as the agent's parameters."""
+    p.add_argument("--vip", required=vip_required, help="the floating address")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"swanctl.conf-format file (default {DEFAULT_CONFIG})")
+    p.add_argument("--connections", default="", help="connection names, separated by spaces or commas")
+    p.add_argument("--vici-socket", default=DEFAULT_SOCKET, help=f"charon's VICI socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--interface", default="", help="the VIP counts only on this interface")
+
+
+def params_from(args: argparse.Namespace) -> Params:
+    """The agent's Params from the options (ConfigError when invalid)."""
+    return parse({"vip": args.vip or "", "config": args.config, "connections": args.connections,
+                  "vici_socket": args.vici_socket, "interface": args.interface})
