@@ -5,8 +5,8 @@ PREFIX   ?= /usr
 DESTDIR  ?=
 PY       := $(VENV)/bin/python
 APT_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-	libstrongswan-extra-plugins resource-agents pacemaker-cli-utils libxml2-utils \
-	iproute2 iputils-ping iputils-arping procps python3-venv pcs
+	libstrongswan-extra-plugins resource-agents pacemaker pacemaker-cli-utils corosync pcs crmsh \
+	libxml2-utils iproute2 iputils-ping iputils-arping procps util-linux python3-venv
 PYTEST_ARGS ?=
 
 .PHONY: check deps venv lint test demo install clean
@@ -34,6 +34,9 @@ lint: venv
 
 test: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: deps venv
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m tests.demo
 
 install:
 	install -d $(DESTDIR)/usr/lib/ocf/resource.d/ipsec-vip

@@ -61,6 +61,14 @@ META = ocf.MetaData(
                       "Where charon's vici plugin listens, as unix:///path.", default=DEFAULT_SOCKET),
         ocf.Parameter("interface", "Interface of the VIP",
                       "If set, the VIP counts as held only on this interface.", default=""),
+        ocf.Parameter("start_without_vip", "Load before the VIP arrives",
+                      "Start also when this node does not hold the VIP yet, for a group that starts this "
+                      "resource before the VIP (recommended): the connections are inert until the VIP "
+                      "arrives, and no client retry can reach the new holder in the moment between the "
+                      "VIP's arrival and the connections' loading, when charon would refuse it and a "
+                      "strongSwan client would give up for good. Monitor then does not require the VIP "
+                      "(the VIP's own monitor watches it). Off: start fails (1) without the VIP.",
+                      default="false", type="boolean"),
     ),
     actions=(
         ocf.Action("start", DEFAULT_TIMEOUT["start"]),

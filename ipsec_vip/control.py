@@ -108,7 +108,8 @@ def _unreachable(e: ViciUnreachable) -> IpsecVipError:
 def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
     """Load the selection into charon; returns a one-line summary. Idempotent."""
     selection = select(params)
-    if not vipmod.held(params.vip, params.interface):
+    held = vipmod.held(params.vip, params.interface)
+    if not held and not params.start_without_vip:
         where = f" on {params.interface}" if params.interface else ""
         raise NotHeld(f"this node does not hold VIP {params.vip}{where}; nothing loaded")
     with states.lock(deadline.left(cap=3600)), _session(params, deadline) as v:
@@ -140,8 +141,9 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -
         missing = [c for c in record.conns if c not in now]
         if missing:
             raise IpsecVipError(f"charon accepted but does not list connection(s) {', '.join(missing)}")
+    inert = "" if held else " (inert until the VIP arrives)"
     return (f"loaded {len(record.conns)} connections, {len(record.secrets)} secrets, "
-            f"{len(record.pools)} pools for VIP {params.vip}")
+            f"{len(record.pools)} pools for VIP {params.vip}{inert}")
 
 
 def _load(v: Vici, selection: Any, deadline: Deadline) -> None:
@@ -261,8 +263,10 @@ def _unload(v: Vici, record: Record, others: list[Record], deadline: Deadline, *
 
 
 def check(params: Params, record: Record, level: int, deadline: Deadline) -> Health:
-    """Health of a started instance: charon answers, our conns loaded, VIP held;
-    at level >= 10 also that initiator connections have an established CHILD_SA."""
+    """Health of a started instance: charon answers, our conns loaded, VIP held (unless the
+    resource starts before its VIP: then loaded-without-VIP is its normal inert state, and the
+    VIP is IPaddr2's to monitor); at level >= 10 also that initiator connections have an
+    established CHILD_SA."""
     health = Health(running=True)
     with _session(params, deadline) as v:
         try:
@@ -275,7 +279,7 @@ def check(params: Params, record: Record, level: int, deadline: Deadline) -> Hea
                 f"none of the {len(record.conns)} connections are loaded in charon (charon restarted?)"])
         if missing:
             health.problems.append(f"connection(s) vanished from charon: {', '.join(missing[:10])}")
-        if not vipmod.held(params.vip, params.interface):
+        if not params.start_without_vip and not vipmod.held(params.vip, params.interface):
             health.problems.append(f"connections loaded but VIP {params.vip} is not held by this node")
         if level >= 10 and record.initiators:
             up = set()

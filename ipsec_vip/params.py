@@ -24,6 +24,7 @@ class Params:
     connections: tuple[str, ...] = ()
     vici_socket: str = DEFAULT_SOCKET
     interface: str | None = None
+    start_without_vip: bool = False
 
 
 def split_names(text: str) -> tuple[str, ...]:
@@ -58,4 +59,14 @@ def parse(values: Mapping[str, str]) -> Params:
     if interface is not None and not _IFNAME.match(interface):
         raise ConfigError(f"interface {interface!r} is not a valid interface name")
     return Params(vip=vip, config=config, connections=split_names(values.get("connections", "")),
-                  vici_socket=uri, interface=interface)
+                  vici_socket=uri, interface=interface,
+                  start_without_vip=_boolean("start_without_vip", values.get("start_without_vip", "")))
+
+
+def _boolean(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("", "0", "no", "false", "off", "n"):
+        return False
+    if value in ("1", "yes", "true", "on", "y"):
+        return True
+    raise ConfigError(f"{name} must be true or false, not {text!r}")

@@ -154,7 +154,8 @@ class Node:
                            capture_output=True, text=True, timeout=timeout, input=stdin,
                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
         if check and p.returncode != 0:
-            raise RuntimeError(f"{self.name}: {' '.join(cmd)} -> {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
+            out = p.stderr.strip() or p.stdout.strip()
+            raise RuntimeError(f"{self.name}: {' '.join(cmd)} -> {p.returncode}: {out}")
         return p
 
     @property
@@ -265,7 +266,7 @@ class Cluster:
         (nd / "strongswan.conf").write_text(GATEWAY_STRONGSWAN)
         with contextlib.suppress(FileNotFoundError):
             (nd / "no-charon-restart").unlink()
-        out = open(nd / "node.out", "ab")  # noqa: SIM115 - handed to the child
+        out = open(nd / "node.out", "ab")  # handed to the child
         proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "unshare", "--mount", "--uts", "--net", "--pid",
                                  "--fork", "--mount-proc", "--kill-child", str(self.work / "node.sh"), name,
                                  str(self.work)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -319,6 +320,16 @@ class Cluster:
                 return time.monotonic() - t0
             time.sleep(0.05)
         raise TimeoutError(f"{rsc} not on {node} after {timeout}s: {self.locate(rsc)}")
+
+    def wait_any(self, rsc: str, timeout: float = 60) -> str:
+        """The node ``rsc`` starts on, once it runs on exactly one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            where = self.locate(rsc)
+            if len(where) == 1:
+                return where[0]
+            time.sleep(0.05)
+        raise TimeoutError(f"{rsc} not running after {timeout}s")
 
     def failed_actions(self) -> list[str]:
         """(resource, node, task) of each failed action crm_mon reports."""
@@ -471,27 +482,22 @@ secrets {
 def pcs_commands(conf: str) -> list[list[str]]:
     """The README's pcs commands, plus the backend VIP the server routes through."""
     return [
-        ["pcs", "resource", "create", "vpn-vip", "ocf:heartbeat:IPaddr2", f"ip={lab.VIP}", "cidr_netmask=24",
-         "nic=eth0", "op", "monitor", "interval=2s", "--group", "vpn-vips"],
-        ["pcs", "resource", "create", "vpn-backvip", "ocf:heartbeat:IPaddr2", f"ip={lab.BACK_VIP}",
-         "cidr_netmask=24", "nic=eth1", "op", "monitor", "interval=2s", "--group", "vpn-vips"],
         ["pcs", "resource", "create", "vpn", "ocf:ipsec-vip:strongswan", f"vip={lab.VIP}", f"config={conf}",
-         "op", "monitor", "interval=2s", "timeout=20s", "--disabled"],
-        ["pcs", "constraint", "colocation", "add", "vpn", "with", "vpn-vips", "INFINITY"],
-        ["pcs", "constraint", "order", "start", "vpn-vips", "then", "start", "vpn", "symmetrical=false"],
-        ["pcs", "constraint", "order", "stop", "vpn-vips", "then", "stop", "vpn", "symmetrical=false"],
-        ["pcs", "resource", "enable", "vpn"],
+         "start_without_vip=true", "op", "monitor", "interval=2s", "timeout=20s", "--group", "vpn-group"],
+        ["pcs", "resource", "create", "vpn-vip", "ocf:heartbeat:IPaddr2", f"ip={lab.VIP}", "cidr_netmask=24",
+         "nic=eth0", "op", "monitor", "interval=2s", "--group", "vpn-group"],
+        ["pcs", "resource", "create", "vpn-backvip", "ocf:heartbeat:IPaddr2", f"ip={lab.BACK_VIP}",
+         "cidr_netmask=24", "nic=eth1", "op", "monitor", "interval=2s", "--group", "vpn-group"],
     ]
 
 
 def crm_configure(conf: str) -> str:
     """The README's crm configuration, plus the backend VIP."""
-    return f"""primitive vpn-vip ocf:heartbeat:IPaddr2 params ip={lab.VIP} cidr_netmask=24 nic=eth0 op monitor interval=2s
-primitive vpn-backvip ocf:heartbeat:IPaddr2 params ip={lab.BACK_VIP} cidr_netmask=24 nic=eth1 op monitor interval=2s
-group vpn-vips vpn-vip vpn-backvip
-primitive vpn ocf:ipsec-vip:strongswan params vip={lab.VIP} config={conf} op monitor interval=2s timeout=20s
-colocation vpn-with-vip inf: vpn vpn-vips
-order vip-then-vpn Mandatory: vpn-vips:start vpn:start symmetrical=false
-order vip-stops-first Mandatory: vpn-vips:stop vpn:stop symmetrical=false
+    return f"""primitive vpn ocf:ipsec-vip:strongswan \\
+    params vip={lab.VIP} config={conf} start_without_vip=true op monitor interval=2s timeout=20s
+primitive vpn-vip ocf:heartbeat:IPaddr2 params ip={lab.VIP} cidr_netmask=24 nic=eth0 op monitor interval=2s
+primitive vpn-backvip ocf:heartbeat:IPaddr2 params ip={lab.BACK_VIP} cidr_netmask=24 nic=eth1 \\
+    op monitor interval=2s
+group vpn-group vpn vpn-vip vpn-backvip
 commit
 """

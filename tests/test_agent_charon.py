@@ -238,3 +238,28 @@ def test_thousand_connections(env, tmp_path):
     finally:
         lb.del_vip("gw1")
         gw.clear()
+
+
+def test_start_without_vip_loads_inert_connections(env):
+    lb: lab.Lab = env["lab"]
+    gw = lb.gateways["gw1"]
+    p = dict(params(env), start_without_vip="true")
+
+    def run(action: str) -> lab.Result:
+        return lab.agent(action, p, netns=lb.ns("gw1"), rsctmp=env["rsctmp"], OCF_RESKEY_CRM_meta_interval="10000")
+    try:
+        r = run("start")
+        assert r.rc == 0, r.stderr
+        assert gw.conns() == ["rw"]
+        assert run("monitor").rc == 0  # loaded and waiting for the VIP
+        lb.add_vip("gw1")
+        assert lab.client_initiate(lb.client)  # answered the moment the VIP is here
+        assert lb.ping_server()
+        lb.del_vip("gw1")
+        assert run("stop").rc == 0  # after the VIP left: SAs terminated quietly
+        assert gw.conns() == [] and gw.sas() == []
+    finally:
+        lb.del_vip("gw1")
+        lb.client.clear()
+        lab.client_load(lb.client, PSK)
+        gw.clear()

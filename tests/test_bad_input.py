@@ -108,6 +108,7 @@ CASES = [
     ("charon refuses pool", "start", {"config": "refused-pool"}, 6),
     ("vip not held", "start", {"vip": "192.0.2.99", "connections": "rw"}, 1),
     ("bad interface name", "validate-all", {"interface": "eth0/../x"}, 6),
+    ("start_without_vip junk", "start", {"start_without_vip": "maybe"}, 6),
     ("vip on another interface", "start", {"interface": "eth1"}, 1),
     ("socket missing at level 10", "validate-all", {"vici_socket": "unix:///nonexistent/charon.vici"}, 1, "10"),
     ("interface missing at level 10", "validate-all", {"interface": "nosuch9"}, 6, "10"),

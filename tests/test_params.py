@@ -52,3 +52,13 @@ def test_bad_other_params(key, value):
 
 def test_socket_forms():
     assert parse({"vip": "192.0.2.1", "vici_socket": "/run/x.vici"}).vici_socket == "/run/x.vici"
+
+
+@pytest.mark.parametrize(("text", "value"), [("", False), ("true", True), ("YES", True), ("0", False), ("off", False)])
+def test_start_without_vip(text, value):
+    assert parse({"vip": "192.0.2.1", "start_without_vip": text}).start_without_vip is value
+
+
+def test_start_without_vip_rejects_junk():
+    with pytest.raises(ConfigError):
+        parse({"vip": "192.0.2.1", "start_without_vip": "maybe"})
