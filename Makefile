@@ -11,6 +11,8 @@ PYTEST_ARGS ?=
 
 .PHONY: check deps venv lint test demo install clean
 
+include packaging/packaging.mk
+
 check: deps venv lint test
 
 deps:

@@ -1,0 +1,1 @@
+# Package targets (make deb, make rpm); included by the top-level Makefile.
