@@ -18,7 +18,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from ipsec_vip import vip as vipmod
@@ -56,13 +55,13 @@ class NotHeld(IpsecVipError):
     """Start refused: the VIP is not on this node."""
 
 
-@dataclass
 class Health:
     """Outcome of a status check of one started instance."""
 
-    running: bool
-    problems: list[str] = field(default_factory=list)
-    degraded: list[str] = field(default_factory=list)
+    def __init__(self, running: bool, problems: list[str] | None = None) -> None:
+        self.running = running
+        self.problems: list[str] = problems or []
+        self.degraded: list[str] = []
 
 
 def charon_installed() -> bool:

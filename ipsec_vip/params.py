@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.vici_session import DEFAULT_SOCKET, socket_path
@@ -15,8 +15,7 @@ _BAD_NAME = re.compile(r'[#{}:.="\s]')
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 
 
-@dataclass(frozen=True)
-class Params:
+class Params(NamedTuple):
     """What one resource instance manages."""
 
     vip: IPAddress

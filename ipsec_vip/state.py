@@ -16,9 +16,8 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 from ipsec_vip.errors import StateError
 
@@ -26,16 +25,15 @@ DEFAULT_RSCTMP = "/run/resource-agents"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-@dataclass
-class Record:
+class Record(NamedTuple):
     """What one instance loaded into charon."""
 
     vip: str
     config: str
     conns: list[str]
-    secrets: list[str] = field(default_factory=list)
-    pools: list[str] = field(default_factory=list)
-    initiators: list[str] = field(default_factory=list)
+    secrets: Sequence[str] = ()
+    pools: Sequence[str] = ()
+    initiators: Sequence[str] = ()
 
     @classmethod
     def from_json(cls, data: Any) -> Record:
@@ -116,7 +114,7 @@ class StateDir:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w") as f:
-                json.dump(asdict(record), f)
+                json.dump({k: v if isinstance(v, str) else list(v) for k, v in record._asdict().items()}, f)
             os.replace(tmp, final)
         except OSError as e:
             with contextlib.suppress(OSError):

@@ -18,8 +18,7 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -42,8 +41,7 @@ class NetlinkError(OSError):
     """The kernel refused or broke the address dump."""
 
 
-@dataclass(frozen=True)
-class Address:
+class Address(NamedTuple):
     """One address of this node as the kernel reports it."""
 
     address: IPAddress
