@@ -90,7 +90,7 @@ def measure(c: cluster.Cluster, label: str, event, new_holder: str,
             assert c.client is not None
             if "received NO_PROPOSAL_CHOSEN" in c.client.log_tail(200):
                 raise AssertionError(f"{label}: {new_holder} refused the client (connections not loaded when "
-                                     "its retry arrived): the client gave up")
+                                     "its retry arrived): the client gave up") from None
             raise AssertionError(f"{label}: no traffic on {new_holder}; its SAs {c.nodes[new_holder].sas()}; "
                                  f"client log:\n{c.client.log_tail(60)}") from None
         time.sleep(0.3)
