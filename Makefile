@@ -4,7 +4,7 @@ VENV     ?= .venv
 PREFIX   ?= /usr
 DESTDIR  ?=
 PY       := $(VENV)/bin/python
-APT_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
+APT_PACKAGES := strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins \
 	libstrongswan-extra-plugins resource-agents pacemaker pacemaker-cli-utils corosync pcs crmsh \
 	libxml2-utils iproute2 iputils-ping iputils-arping procps util-linux python3-venv
 PYTEST_ARGS ?=

@@ -10,7 +10,9 @@ same-named subsections merge), ``key =`` clearing an inherited value, comments
 a repeated key keeping its first position with the last value.
 
 Only ``connections``, ``secrets`` (the shared ones: eap, xauth, ntlm, ike, ppk) and
-``pools`` are converted; ``authorities`` and private keys are not (yet).
+``pools`` are converted; ``authorities`` and private keys are not (yet). Relative
+``certs``/``cacerts``/``pubkeys`` names resolve under ``$SWANCTL_DIR`` (default
+``/etc/swanctl``) in ``x509``/``x509ca``/``pubkey``, exactly as swanctl resolves them.
 Every problem raises :class:`~ipsec_vip.errors.ConfigError` naming file and line,
 and never quoting a value (a value may be a secret).
 """
@@ -38,6 +40,7 @@ SHARED_TYPES = ("eap", "xauth", "ntlm", "ike", "ppk")
 OTHER_SECRET_TYPES = ("private", "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12", "token")
 ID_KEYS = ("id", "eap_id", "xauth_id", "aaa_id")
 _SPECIAL = set('#{}:.,="\r\n\t ')
+SWANCTL_DIR = "/etc/swanctl"
 MAX_INCLUDE_DEPTH = 10
 MAX_FILE_SIZE = 64 << 20
 
@@ -327,12 +330,11 @@ def _file_item(token: str, subdir: str, where: str, confdir: str) -> bytes:
 
 
 def _secret(tree: _Tree, name: str, chain: list[_Section], path: str) -> dict[str, Any] | None:
-    lower = name.lower()
-    kind = next((t for t in SHARED_TYPES if lower.startswith(t)), None)
+    kind = next((t for t in SHARED_TYPES if name.startswith(t)), None)  # case-sensitive, as swanctl
     if kind is None:
-        if any(lower.startswith(t) for t in OTHER_SECRET_TYPES):
+        if name.startswith(OTHER_SECRET_TYPES):
             return None  # private key passphrases, tokens: not loaded by us
-        raise ConfigError(f"{path}: secrets.{name}: unknown secret type")
+        raise ConfigError(f"{path}: secrets.{name}: unknown secret type (swanctl would ignore it)")
     keys = tree.keys(chain)
     if "secret" not in keys:
         raise ConfigError(f"{path}: secrets.{name}: secret missing")
@@ -353,9 +355,9 @@ def load(path: str) -> SwanctlConfig:
     except RecursionError:
         raise ConfigError(f"{path}: sections nested too deeply") from None
     tree = _Tree(root, path)
-    confdir = os.path.dirname(path)
+    confdir = os.environ.get("SWANCTL_DIR") or SWANCTL_DIR  # relative certs resolve as swanctl does
     try:
-        conns = {name: _message(tree, chain, f"connections.{name}", confdir)
+        conns = {name: _message(tree, chain, f"{path}: connections.{name}", confdir)
                  for name, chain in tree.top("connections").items()}
         pools = {}
         for name, chain in tree.top("pools").items():

@@ -1,0 +1,288 @@
+"""swanctl.conf reader: grammar, conversion, selection, errors, fuzzing, scale."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ipsec_vip import swanctl
+from ipsec_vip.errors import ConfigError
+
+VIP = ipaddress.ip_address("192.0.2.100")
+
+
+def load(tmp_path: Path, text: str | bytes, name: str = "swanctl.conf") -> swanctl.SwanctlConfig:
+    f = tmp_path / name
+    f.write_bytes(text.encode() if isinstance(text, str) else text)
+    return swanctl.load(str(f))
+
+
+def conn(tmp_path: Path, body: str) -> dict[str, Any]:
+    return load(tmp_path, f"connections {{\n c {{\n{body}\n }}\n}}\n").connections["c"]
+
+
+# --------------------------------------------------------------------------- grammar
+def test_lists_split_on_commas_and_trimmed(tmp_path: Path) -> None:
+    c = conn(tmp_path, "proposals = aes128-sha256-x25519 ,aes256-sha384-ecp384,  default\n"
+                       "local_addrs = 192.0.2.100\nversion = 2")
+    assert c["proposals"] == ["aes128-sha256-x25519", "aes256-sha384-ecp384", "default"]
+    assert c["local_addrs"] == ["192.0.2.100"]
+    assert c["version"] == "2"
+
+
+def test_unquoted_words_join_with_one_space(tmp_path: Path) -> None:
+    c = conn(tmp_path, "local {\n id = C=CH,   O=Example,\tCN=two words # comment\n }")
+    assert c["local"]["id"] == "C=CH, O=Example, CN=two words"
+
+
+def test_quoted_values_escapes_and_hash(tmp_path: Path) -> None:
+    c = conn(tmp_path, 'local {\n id = "a # not a comment"\n }\nupdown = "tab\\there \\"q\\" \\\\ x"')
+    assert c["local"]["id"] == "a # not a comment"
+    assert c["updown"] == 'tab\there "q" \\ x'
+
+
+def test_value_ends_at_closing_brace(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "connections { c { local_addrs = 192.0.2.100 }}\n")
+    assert cfg.connections["c"]["local_addrs"] == ["192.0.2.100"]
+
+
+def test_references_own_keys_first_then_left_to_right(tmp_path: Path) -> None:
+    cfg = load(tmp_path, """
+connections { c : a, b { z = own
+  local { auth = psk } } }
+a { z = a
+  y = a
+  local { id = from-a } }
+b { y = b
+  x = b }
+""")
+    c = cfg.connections["c"]
+    assert list(c) == ["z", "y", "x", "local"]
+    assert (c["z"], c["y"], c["x"]) == ("own", "a", "b")
+    assert c["local"] == {"auth": "psk", "id": "from-a"}
+
+
+def test_empty_value_clears_inherited(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "t { dpd_delay = 30\n rekey_time = 1h }\nconnections { c : t { dpd_delay =\n } }\n")
+    assert cfg.connections["c"] == {"rekey_time": "1h"}
+
+
+def test_repeated_sections_merge_and_last_value_wins(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "connections { c { a = 1\n b = 1 } }\nconnections { c { a = 2\n d = 3 } }\n")
+    assert list(cfg.connections["c"].items()) == [("a", "2"), ("b", "1"), ("d", "3")]
+
+
+def test_include_relative_sorted_glob_and_in_section(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b.conf").write_text("second { x = 2 }\n")
+    (tmp_path / "d" / "a.conf").write_text("first { x = 1 }\n")
+    cfg = load(tmp_path, "connections {\n include d/*.conf\n include none/*.conf\n}\n")
+    assert list(cfg.connections) == ["first", "second"]
+
+
+def test_include_cycle_and_depth(tmp_path: Path) -> None:
+    (tmp_path / "a.conf").write_text("include swanctl.conf\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load(tmp_path, "include a.conf\n")
+
+
+def test_include_of_unreadable_file(tmp_path: Path) -> None:
+    (tmp_path / "sub.conf").mkdir()  # a directory matches the glob but cannot be read
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path, "include sub.conf\n")
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("connections {\n c {\n", "not closed"),
+    ("}\n", "unexpected '}'"),
+    ("connections {\n = x\n}\n", "unexpected character"),
+    ("connections c\n", "expected '=' or '{'"),
+    ('x = "open\n', "unterminated"),
+    ("connections { c : { } }\n", "invalid section reference"),
+    ("connections { c : a..b { } }\n", "invalid section reference"),
+    ("connections { c : nothere { } }\n", "does not exist"),
+    ("connections { c : connections.c { } }\n", "cycle"),
+    ("include \n", "without a file pattern"),
+    ("secrets { ike-x { id = a } }\n", "secret missing"),
+    ("secrets { ike-x { secret = 0xZZ } }\n", "invalid 0x/0s"),
+    ("secrets { foo { secret = abc } }\n", "unknown secret type"),
+    ("connections { c { local { certs = 0xZZ } } }\n", "invalid 0x/0s"),
+    ("connections { c { local { certs = /nonexistent/x.pem } } }\n", "cannot read"),
+])
+def test_errors_name_file_and_never_the_value(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as e:
+        load(tmp_path, text)
+    assert "swanctl.conf" in str(e.value)
+
+
+def test_error_never_quotes_a_secret(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, 'secrets {\n ike-x { secret = "TopSecret42\n }\n}\n')
+    assert "TopSecret42" not in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, "secrets {\n ike-x { secret = 0xTopSecret42 }\n}\n")
+    assert "TopSecret42" not in str(e.value)
+
+
+@pytest.mark.parametrize("raw", [b"connections { c { x = \xff } }\n", b"x = 1\0\n"])
+def test_binary_files_refused(tmp_path: Path, raw: bytes) -> None:
+    with pytest.raises(ConfigError, match="UTF-8|NUL"):
+        load(tmp_path, raw)
+
+
+def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load(tmp_path, "a {" * 5000 + "}" * 5000)
+
+
+def test_relative_certs_resolve_like_swanctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWANCTL_DIR", raising=False)
+    with pytest.raises(ConfigError, match="/etc/swanctl/x509/nope-ipsec-vip.pem"):
+        conn(tmp_path, "local { certs = nope-ipsec-vip.pem }")
+    (tmp_path / "x509ca").mkdir()
+    (tmp_path / "x509ca" / "ca.pem").write_bytes(b"PEM")
+    monkeypatch.setenv("SWANCTL_DIR", str(tmp_path))
+    assert conn(tmp_path, "remote { cacerts = ca.pem, 0x0102 }")["remote"]["cacerts"] == [b"PEM", b"\x01\x02"]
+
+
+# --------------------------------------------------------------------------- secrets
+def test_secret_types_blobs_and_owners(tmp_path: Path) -> None:
+    cfg = load(tmp_path, """secrets {
+ ike-a { id-1 = gw
+  id-2 = 192.0.2.5
+  secret = "pa ss" }
+ eap-b { secret = 0x6869 }
+ xauth-c { secret = 0saGk= }
+ private-d { file = key.pem
+  secret = x }
+ token-e { handle = 01 }
+}""")
+    assert [(s["id"], s["type"], s["data"], s["owners"]) for s in cfg.secrets] == [
+        ("ike-a", "ike", b"pa ss", ["gw", "192.0.2.5"]),
+        ("eap-b", "eap", b"hi", []),
+        ("xauth-c", "xauth", b"hi", []),
+    ]
+
+
+def test_secret_repr_hides_data(tmp_path: Path) -> None:
+    cfg = load(tmp_path, 'secrets { ike-a { secret = "hidden-psk-value" } }\n')
+    assert "hidden-psk-value" not in repr(cfg)
+
+
+# --------------------------------------------------------------------------- pools
+def test_pools_addrs_single_attributes_lists(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "pools { p { addrs = 203.0.113.0/24\n dns = 192.0.2.53, 192.0.2.54 } }\n")
+    assert cfg.pools == {"p": {"addrs": "203.0.113.0/24", "dns": ["192.0.2.53", "192.0.2.54"]}}
+
+
+# --------------------------------------------------------------------------- selection
+SELECT = """
+connections {
+ rw { local_addrs = 192.0.2.100
+  pools = p1
+  local { auth = psk
+   id = gw.example.com }
+  remote { auth = psk } }
+ rw6 { local_addrs = 2001:db8::100, 192.0.2.100
+  local { auth = psk }
+  remote { auth = psk
+   id = *@example.com } }
+ other { local_addrs = 192.0.2.200
+  pools = p2
+  local { auth = psk
+   id = other.example.com }
+  remote { auth = psk } }
+}
+pools { p1 { addrs = 203.0.113.0/25 }
+ p2 { addrs = 203.0.113.128/25 } }
+secrets {
+ ike-mine { id = gw.example.com
+  secret = aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa }
+ ike-client { id = alice@example.com
+  secret = bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb }
+ ike-theirs { id = other.example.com
+  secret = cccccccccccccccccccccccccccccccc }
+ ike-any { secret = dddddddddddddddddddddddddddddddd }
+}
+"""
+
+
+def test_select_by_vip(tmp_path: Path) -> None:
+    cfg = load(tmp_path, SELECT)
+    sel = swanctl.select(cfg, VIP)
+    assert list(sel.connections) == ["rw", "rw6"]
+    assert list(sel.pools) == ["p1"]
+    assert [s["id"] for s in sel.secrets] == ["ike-mine", "ike-client", "ike-any"]
+
+
+def test_select_by_vip_is_exact_not_textual(tmp_path: Path) -> None:
+    cfg = load(tmp_path, SELECT.replace("192.0.2.200", "192.0.2.1000, 192.0.2.10"))
+    with pytest.raises(ConfigError, match="no connection"):
+        swanctl.select(cfg, ipaddress.ip_address("192.0.2.1"))
+
+
+def test_select_ipv6_any_spelling(tmp_path: Path) -> None:
+    cfg = load(tmp_path, SELECT)
+    assert list(swanctl.select(cfg, ipaddress.ip_address("2001:DB8:0::100")).connections) == ["rw6"]
+
+
+def test_select_by_name_and_unknown_name(tmp_path: Path) -> None:
+    cfg = load(tmp_path, SELECT)
+    sel = swanctl.select(cfg, VIP, ["other"])
+    assert list(sel.connections) == ["other"] and list(sel.pools) == ["p2"]
+    assert [s["id"] for s in sel.secrets] == ["ike-client", "ike-theirs", "ike-any"]
+    with pytest.raises(ConfigError, match="nope"):
+        swanctl.select(cfg, VIP, ["rw", "nope"])
+
+
+@pytest.mark.parametrize(("value", "on"), [(None, True), ("yes", True), ("no", False), ("false", False),
+                                           ("0", False), ("NO", False)])
+def test_mobike_default_on(value: str | None, on: bool) -> None:
+    body = {} if value is None else {"mobike": value}
+    assert swanctl.mobike_enabled(body) is on
+
+
+# --------------------------------------------------------------------------- fuzzing and scale
+ALPHABET = st.sampled_from(list('{}:=,.#"\\ \t\n\r') + list("abc_-01xs") + ["include ", "\xff", "\0", "é"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(ALPHABET, max_size=80).map("".join))
+def test_fuzz_parses_or_config_error(tmp_path: Path, text: str) -> None:
+    try:
+        load(tmp_path, text.encode("utf-8", "surrogateescape"))
+    except ConfigError:
+        pass
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=200))
+def test_fuzz_bytes(tmp_path: Path, raw: bytes) -> None:
+    try:
+        load(tmp_path, raw)
+    except ConfigError:
+        pass
+
+
+def test_ten_thousand_connections(tmp_path: Path) -> None:
+    body = "".join(f" c{i} : t {{ local_addrs = 192.0.2.100\n  children {{ ch {{ local_ts = 10.{i % 250}.0.0/16 }} }} }}\n"
+                   for i in range(10_000))
+    f = tmp_path / "big.conf"
+    f.write_text(f"connections {{\n{body}}}\nt {{ local {{ auth = psk }}\n remote {{ auth = psk }} }}\n")
+    t0 = time.process_time()
+    cfg = swanctl.load(str(f))
+    sel = swanctl.select(cfg, VIP)
+    used = time.process_time() - t0
+    assert len(sel.connections) == 10_000
+    assert sel.connections["c9999"]["children"]["ch"]["local_ts"] == ["10.249.0.0/16"]
+    # A complexity guard, not a benchmark (make bench reports the time): a quadratic
+    # reader would take minutes here.
+    assert used < 10, used
+    os.unlink(f)
