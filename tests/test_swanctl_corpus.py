@@ -79,8 +79,8 @@ def test_same_messages_as_swanctl(case: str, recorder: Recorder, monkeypatch: py
         "load-shared": [Message.serialize(s) for s in cfg.secrets],
     }
     assert theirs["load-conn"], "swanctl loaded no connection: the case proves nothing"
-    for cmd in theirs:
-        assert mine[cmd] == theirs[cmd], (cmd, recorder.sent(cmd), _mine_decoded(cmd, cfg))
+    for cmd, sent in theirs.items():
+        assert mine[cmd] == sent, (cmd, recorder.sent(cmd), _mine_decoded(cmd, cfg))
 
 
 def _mine_decoded(cmd: str, cfg: swanctl.SwanctlConfig) -> Any:
