@@ -20,6 +20,8 @@ from ipsec_vip.errors import (
     ConfigError,
     IpsecVipError,
     NotInstalledError,
+    StateError,
+    ViciError,
     ViciUnreachable,
 )
 from ipsec_vip.params import DEFAULT_CONFIG, Params, parse
@@ -117,10 +119,21 @@ def monitor(env: ocf.Env) -> int:
         if env.is_probe:
             return OCF_NOT_RUNNING
         raise
-    record = StateDir().read(env.instance)
-    if record is None:
+    states = StateDir()
+    if control.read_record(params, env.instance, states) is None:
         return OCF_NOT_RUNNING
-    health = control.check(params, record, env.check_level, _deadline(env))
+    deadline = _deadline(env)
+    try:
+        with states.lock(deadline.left(), shared=True):  # never see a start or stop half done
+            record = control.read_record(params, env.instance, states)
+            if record is None:
+                return OCF_NOT_RUNNING
+            health = control.check(params, record, env.check_level, deadline)
+    except (ViciError, StateError) as e:
+        if env.is_probe:  # charon frozen or broken: a probe says "not running", never "failed"
+            log.warning("probe: %s", e)
+            return OCF_NOT_RUNNING
+        raise
     if not health.running:
         if env.is_probe:
             return OCF_NOT_RUNNING

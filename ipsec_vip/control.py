@@ -184,20 +184,26 @@ def _command(v: Vici, command: str, message: dict[str, Any], what: str, deadline
         raise ConfigError(f"charon refused {what}: {e.errmsg}") from None
 
 
+def read_record(params: Params | None, instance: str, states: StateDir) -> Record | None:
+    """The instance's record; if it is damaged, what the configuration says it would load."""
+    try:
+        return states.read(instance)
+    except StateError as e:
+        if params is None:
+            raise
+        log.warning("%s; falling back to the configuration", e)
+        try:
+            sel = select(params)
+        except IpsecVipError:
+            raise e from None
+        return Record(vip=str(params.vip), config=params.config, conns=list(sel.connections),
+                      secrets=[s["id"] for s in sel.secrets], pools=list(sel.pools),
+                      initiators=_initiators(sel.connections))
+
+
 def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline) -> str:
     """Unload what the instance loaded; terminate its SAs once the VIP is gone."""
-    try:
-        record = states.read(instance)
-    except StateError as e:
-        log.warning("%s; falling back to the configuration", e)
-        record = None
-        if params is not None:
-            with contextlib.suppress(IpsecVipError):
-                sel = select(params)
-                record = Record(vip=str(params.vip), config=params.config, conns=list(sel.connections),
-                                secrets=[s["id"] for s in sel.secrets], pools=list(sel.pools))
-        if record is None:
-            raise
+    record = read_record(params, instance, states)
     if record is None:
         return "not started here"
     vip_addr = vipmod.parse_vip(record.vip)

@@ -86,7 +86,20 @@ class StateDir:
 
     def read(self, instance: str) -> Record | None:
         """The instance's record, or None when it is not started here."""
+        if not self._exists():
+            return None
         return self._read_path(self._file(instance, ".json"))
+
+    def _exists(self) -> bool:
+        """True if the directory exists and is safe; a planted symlink or file raises."""
+        try:
+            os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            pass  # _check reports it
+        self._check()
+        return True
 
     def _read_path(self, path: str) -> Record | None:
         try:
@@ -128,7 +141,9 @@ class StateDir:
     def others(self, instance: str) -> list[Record]:
         """Records of every other instance on this node (damaged ones skipped)."""
         mine = os.path.basename(self._file(instance, ".json"))
-        out = []
+        out: list[Record] = []
+        if not self._exists():
+            return out
         try:
             names = os.listdir(self.path)
         except FileNotFoundError:
@@ -144,8 +159,9 @@ class StateDir:
         return out
 
     @contextlib.contextmanager
-    def lock(self, timeout: float) -> Iterator[None]:
-        """Node-wide exclusive lock around changes to charon, waited for at most ``timeout`` s."""
+    def lock(self, timeout: float, shared: bool = False) -> Iterator[None]:
+        """Node-wide lock, waited for at most ``timeout`` s: exclusive around changes to
+        charon, shared around a monitor (so it never sees a start or stop half done)."""
         self.ensure()
         path = os.path.join(self.path, "lock")
         try:
@@ -156,7 +172,7 @@ class StateDir:
             end = time.monotonic() + timeout
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if time.monotonic() >= end:
