@@ -175,15 +175,27 @@ def _parallel(*calls):
         return [f.result() for f in [ex.submit(c) for c in calls]]
 
 
-def test_two_starts_at_once_and_monitors_during_start(frozen_env):
+def test_two_starts_at_once_and_monitors_during_start(frozen_env, tmp_path):
     gw = frozen_env["gw"]
+    many = tmp_path / "many.conf"  # 500 connections: a load long enough for monitors to land inside it
+    many.write_text(GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK} + "connections {\n" + "".join(
+        f" extra{i} : connections.rw {{ }}\n" for i in range(500)) + "}\n")
+    frozen_env["params"]["config"] = str(many)
+
+    def monitors() -> list[lab.Result]:
+        out = []
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            out.append(run(frozen_env, "monitor")[0])
+        return out
+
     for _ in range(3):
-        results = _parallel(lambda: run(frozen_env, "start")[0], lambda: run(frozen_env, "start")[0],
-                            *[lambda: run(frozen_env, "monitor")[0]] * 3)
-        starts, monitors = results[:2], results[2:]
-        assert [r.rc for r in starts] == [0, 0], [r.stderr for r in starts]
-        assert all(r.rc in (0, 7) for r in monitors), [(r.rc, r.stderr) for r in monitors]
-        assert gw.conns() == ["rw"]
+        starts = _parallel(lambda: run(frozen_env, "start")[0], lambda: run(frozen_env, "start")[0],
+                           lambda: [], monitors, monitors)
+        results, seen = starts[:2], [m for ms in starts[2:] for m in ms]
+        assert [r.rc for r in results] == [0, 0], [r.stderr for r in results]
+        assert all(r.rc in (0, 7) for r in seen), [(r.rc, r.stderr) for r in seen if r.rc not in (0, 7)]
+        assert len(gw.conns()) == 501
         assert run(frozen_env, "monitor")[0].rc == 0
         assert run(frozen_env, "stop")[0].rc == 0
         assert gw.conns() == []
