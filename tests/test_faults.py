@@ -308,6 +308,10 @@ def test_planted_symlink_is_not_followed(frozen_env, tmp_path):
     assert sorted(os.listdir(elsewhere)) == ["vpn.json"]
     r, _ = run(frozen_env, "monitor")
     assert r.rc == 1 and "symlink" in r.reasons[0]
+    assert run(frozen_env, "monitor", interval="0")[0].rc == 7
+    r, _ = run(frozen_env, "stop")
+    assert r.rc == 1 and "symlink" in r.reasons[0]  # cannot lock safely: say so, never follow
+    assert sorted(os.listdir(elsewhere)) == ["vpn.json"]
 
 
 @pytest.mark.parametrize("damage", [b"", b"{\"vip\": ", b"\x00\xff garbage", b"[]"])
