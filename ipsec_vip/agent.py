@@ -158,9 +158,10 @@ def validate(env: ocf.Env) -> int:
 
 
 def _validate_host(params: Params, env: ocf.Env) -> None:
+    from ipsec_vip import charon
     from ipsec_vip.vici_session import Vici
 
-    if not control.charon_installed():
+    if not charon.installed():
         raise NotInstalledError("strongSwan's charon is not installed on this node")
     if params.interface and not os.path.exists(f"/sys/class/net/{params.interface}"):
         raise ConfigError(f"interface {params.interface} does not exist on this node")
@@ -168,8 +169,8 @@ def _validate_host(params: Params, env: ocf.Env) -> None:
     try:
         with Vici(params.vici_socket, timeout=_deadline(env).left()) as v:
             v.request("version")
-    except ViciUnreachable as e:
-        raise IpsecVipError(str(e)) from None
+    except ViciUnreachable:
+        raise IpsecVipError(charon.explain_unreachable(params.vici_socket)) from None
 
 
 HANDLERS: Mapping[str, ocf.Handler] = {

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from ipsec_vip import charon
 from ipsec_vip import vip as vipmod
 from ipsec_vip.errors import (
     ConfigError,
@@ -35,8 +35,6 @@ from ipsec_vip.vici_session import Vici
 
 log = logging.getLogger("ipsec-vip")
 
-CHARON_BINARIES = ("/usr/lib/ipsec/charon", "/usr/libexec/ipsec/charon", "/usr/sbin/charon-systemd",
-                   "/usr/libexec/strongswan/charon", "/usr/sbin/charon")
 _MAX_MESSAGE = 480 * 1024  # charon drops VICI requests over 512 KiB
 _FALSE = {"no", "false", "disabled", "0", "off"}
 
@@ -62,10 +60,6 @@ class Health:
         self.running = running
         self.problems: list[str] = problems or []
         self.degraded: list[str] = []
-
-
-def charon_installed() -> bool:
-    return any(os.access(p, os.X_OK) for p in CHARON_BINARIES)
 
 
 def select(params: Params) -> Any:
@@ -98,10 +92,10 @@ def _session(params: Params, deadline: Deadline) -> Iterator[Vici]:
         v.close()
 
 
-def _unreachable(e: ViciUnreachable) -> IpsecVipError:
-    if not charon_installed():
+def _unreachable(e: ViciUnreachable, uri: str) -> IpsecVipError:
+    if not charon.installed():
         return NotInstalledError("strongSwan's charon is not installed on this node")
-    return e
+    return ViciUnreachable(charon.explain_unreachable(uri))
 
 
 def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
@@ -115,7 +109,7 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -
         try:
             loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
         except ViciUnreachable as e:
-            raise _unreachable(e) from None
+            raise _unreachable(e, params.vici_socket) from None
         record = states.read(instance)
         if record is not None and set(record.conns) <= loaded and set(selection.connections) <= loaded:
             return f"already started: {len(record.conns)} connections loaded"
@@ -276,8 +270,8 @@ def check(params: Params, record: Record, level: int, deadline: Deadline) -> Hea
     with _session(params, deadline) as v:
         try:
             loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
-        except ViciUnreachable as e:
-            return Health(running=False, problems=[str(e)])
+        except ViciUnreachable:
+            return Health(running=False, problems=[charon.explain_unreachable(params.vici_socket)])
         missing = [c for c in record.conns if c not in loaded]
         if len(missing) == len(record.conns):
             return Health(running=False, problems=[

@@ -149,3 +149,19 @@ def test_mobike_on_is_warned_about(bad, tmp_path):
     r = lab.agent("validate-all", p(bad, config=str(f)), netns=bad["lab"].ns("gw1"), rsctmp=bad["rsctmp"])
     assert r.rc == 0
     assert "mobike" in r.stderr
+
+
+def test_unreachable_socket_reason_says_what_to_fix(bad, tmp_path):
+    gw = bad["lab"].gateways["gw1"]
+    r = lab.agent("start", p(bad, vici_socket="unix:///nonexistent/charon.vici"), netns=bad["lab"].ns("gw1"),
+                  rsctmp=bad["rsctmp"])
+    assert r.rc == 1
+    # charon runs in that namespace, on another socket: the reason says so and names the socket
+    assert f"charon runs (pid {gw.pid})" in r.reasons[0] and "/nonexistent/charon.vici" in r.reasons[0]
+    ns = lab.add_netns("nocharon")
+    try:
+        r = lab.agent("start", p(bad, vici_socket="unix:///nonexistent/charon.vici", start_without_vip="true"),
+                      netns=ns, rsctmp=str(tmp_path))
+        assert r.rc == 1 and "charon is not running" in r.reasons[0], r.stderr
+    finally:
+        lab.remove_netns(ns)
