@@ -19,8 +19,7 @@ import pytest
 
 from tests import lab
 from tests.test_agent_charon import GATEWAY_CONF, PSK
-from tests.test_vici_session import FakeServer
-from tests.vici_proxy import Proxy
+from tests.vici_fakes import FakeServer, Proxy
 
 
 @pytest.fixture

@@ -4,43 +4,13 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 import time
-from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from ipsec_vip.errors import ViciCommandError, ViciError, ViciUnreachable
 from ipsec_vip.vici_session import Vici, socket_path
-
-
-class FakeServer:
-    """A unix socket whose behaviour after accept() is a function of the connection."""
-
-    def __init__(self, path: Path, behave: Callable[[socket.socket], None]) -> None:
-        self.path = str(path)
-        self.srv = socket.socket(socket.AF_UNIX)
-        self.srv.bind(self.path)
-        self.srv.listen(4)
-        self.behave = behave
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                c, _ = self.srv.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-            threading.Thread(target=self.behave, args=(c,), daemon=True).start()
-
-    def close(self) -> None:
-        self.srv.close()
-        for c in self.conns:
-            c.close()
+from tests.vici_fakes import FakeServer
 
 
 def _read_request(c: socket.socket) -> bytes:
