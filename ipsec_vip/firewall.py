@@ -471,7 +471,7 @@ def evaluate(rules: Ruleset, pkt: Packet) -> Verdict | None:
     decided: list[tuple[str, str, tuple[str, ...]]] = []
     ipt_text = rules.iptables.get(pkt.family, "")
     skip: set[tuple[str, str]] = set()
-    if "iptables-nft" in ipt_text or "ip6tables-nft" in ipt_text:  # these tables also show up in nft
+    if "(nf_tables)" in ipt_text or "-nft-save" in ipt_text:  # iptables-nft: these tables also show up in nft
         skip = {("ip", "filter"), ("ip6", "filter")}
     if rules.nft is not None:
         nft = _Nft(rules.nft)
