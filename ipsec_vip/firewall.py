@@ -57,6 +57,7 @@ class Ruleset(NamedTuple):
     nft: dict[str, Any] | None  # nft -j output, None when nft is missing
     iptables: dict[int, str]  # family -> iptables-save output (missing tools left out)
     errors: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()  # the tools found installed
 
 
 def _run(cmd: list[str]) -> tuple[int, str, str]:
@@ -67,8 +68,9 @@ def _run(cmd: list[str]) -> tuple[int, str, str]:
 def read() -> Ruleset:
     """Run the tools that are installed."""
     errors: list[str] = []
+    tools = [t for t in (NFT, *IPTABLES_SAVE.values()) if os.access(t, os.X_OK)]
     nft = None
-    if os.access(NFT, os.X_OK):
+    if NFT in tools:
         rc, out, err = _run([NFT, "-j", "list", "ruleset"])
         if rc == 0:
             try:
@@ -76,16 +78,16 @@ def read() -> Ruleset:
             except ValueError:
                 errors.append("nft -j list ruleset: output is not JSON")
         else:
-            errors.append(f"nft -j list ruleset failed: {err[:200]}")
+            errors.append(f"nft -j list ruleset failed: {' '.join(err.split())[:200]}")
     ipt: dict[int, str] = {}
     for fam, tool in IPTABLES_SAVE.items():
-        if os.access(tool, os.X_OK):
+        if tool in tools:
             rc, out, err = _run([tool])
             if rc == 0:
                 ipt[fam] = out
             else:
                 errors.append(f"{os.path.basename(tool)} failed: {err[:200]}")
-    return Ruleset(nft, ipt, tuple(errors))
+    return Ruleset(nft, ipt, tuple(errors), tuple(os.path.basename(t) for t in tools))
 
 
 # --------------------------------------------------------------------------- three-valued logic

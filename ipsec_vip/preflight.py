@@ -62,8 +62,10 @@ class Context:
     """The facts the checks share, each fetched once."""
 
     def __init__(self, targets: list[Target], vici_sockets: list[str], timeout: float = 5.0,
-                 swanctl_conf: str = SWANCTL_CONF, families: Iterable[int] = (4,)) -> None:
+                 swanctl_conf: str = SWANCTL_CONF, families: Iterable[int] = (4,),
+                 early: Iterable[Finding] = ()) -> None:
         self.targets = targets
+        self.early = list(early)  # findings made while gathering the targets
         self.vici_sockets = vici_sockets
         self.timeout = timeout
         self.swanctl_conf = swanctl_conf
@@ -434,11 +436,12 @@ def check_firewall(ctx: Context) -> list[Finding]:
     for pkt in firewall.packets(ctx.families):
         v = firewall.evaluate(rules, pkt)
         notes = f" ({'; '.join(v.notes)})" if v is not None and v.notes else ""
-        if v is None:
-            tools = "nft" if rules.nft is not None else ""
-            tools += " iptables-save" if rules.iptables else ""
+        if v is None and rules.errors:
+            out.append(Finding("firewall", WARN, f"{pkt.label}: cannot tell, the rules could not be read",
+                               "run ipsec-vip check as root"))
+        elif v is None:
             out.append(Finding("firewall", OK, f"{pkt.label}: no firewall rules, accepting"
-                               + ("" if tools else " (neither nft nor iptables-save is installed)")))
+                               + ("" if rules.tools else " (neither nft nor iptables-save is installed)")))
         elif v.result == "accept":
             out.append(Finding("firewall", OK, f"{pkt.label}: accepted by {v.where}{notes}"))
         else:
@@ -463,7 +466,7 @@ CHECKS: tuple[Callable[[Context], list[Finding]], ...] = (
 
 def run(ctx: Context) -> list[Finding]:
     """Every check, in order; a check that breaks becomes a failure, never a traceback."""
-    out: list[Finding] = []
+    out: list[Finding] = list(ctx.early)
     for check in CHECKS:
         try:
             out += check(ctx)

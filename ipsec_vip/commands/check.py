@@ -9,6 +9,7 @@ import os
 
 from ipsec_vip import firewall, preflight, status
 from ipsec_vip.commands.common import add_vip_options, params_from
+from ipsec_vip.errors import StateError
 from ipsec_vip.state import StateDir
 from ipsec_vip.watchconf import WATCH_DIR
 
@@ -33,14 +34,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def context(args: argparse.Namespace) -> preflight.Context:
     """What to check, from the state records, the watch configs and the options."""
     explicit = params_from(args) if args.vip else None
-    found = status.targets(StateDir(), explicit, args.watch_dir, default_socket=args.vici_socket)
+    early = []
+    try:
+        found = status.targets(StateDir(), explicit, args.watch_dir, default_socket=args.vici_socket)
+    except StateError as e:  # e.g. not root: check what the options name
+        early.append(preflight.Finding("state", preflight.WARN, f"{e}; resources started here are not checked",
+                                       "run ipsec-vip check as root"))
+        found = [] if explicit is None else [status.Target("command-line", "", explicit)]
     targets = [preflight.Target(f"VIP {t.params.vip} ({t.source} {t.name})".replace(" )", ")"),
                                 t.params.config, t.params) for t in found if t.params is not None]
     if not targets and os.path.exists(args.config):
         targets = [preflight.Target(args.config, args.config, None)]
     sockets = list(dict.fromkeys(t.params.vici_socket for t in targets if t.params is not None)) or [args.vici_socket]
     families = {t.params.vip.version for t in targets if t.params is not None} or {4}
-    return preflight.Context(targets, sockets, args.timeout, args.swanctl_conf, families)
+    return preflight.Context(targets, sockets, args.timeout, args.swanctl_conf, families, early)
 
 
 def run(args: argparse.Namespace) -> int:
