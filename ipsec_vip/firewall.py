@@ -326,7 +326,7 @@ class _Nft:
             w.partial_drop = True
             w.notes.append(f"{at} may drop it, depending on {text} (not understood)")
         elif result == "accept":
-            w.notes.append(f"{where} accepts it only depending on {text}, not for any source")
+            w.notes.append(f"{where} accepts it only depending on {text}, not from every source address and port")
 
 
 def _brief(value: Any) -> str:
@@ -501,14 +501,18 @@ def evaluate(rules: Ruleset, pkt: Packet) -> Verdict | None:
     return Verdict("accept", "; ".join(where for _, where, _ in decided), tuple(w.notes))
 
 
-def fix_hints(chain: tuple[str, ...]) -> list[str]:
-    """Commands that let IKE, NAT-T and ESP in at the top of ``chain`` (as from Verdict.chain)."""
+def fix_hints(chain: tuple[str, ...], proto: int | None = None) -> list[str]:
+    """Commands that let IKE/NAT-T (proto 17), ESP (50) or both (None) in at the top of ``chain``
+    (as in Verdict.chain); an nftables.conf snippet when no chain is given."""
+    rules = []
     if chain and chain[0] == "nft":
         fam, table, name = chain[1], chain[2], chain[3]
-        return [f"nft insert rule {fam} {table} {name} meta l4proto esp accept",
-                f"nft insert rule {fam} {table} {name} udp dport {{ 500, 4500 }} accept"]
-    if chain and chain[0] in ("iptables", "ip6tables"):
-        return [f"{chain[0]} -I INPUT -p esp -j ACCEPT",
-                f"{chain[0]} -I INPUT -p udp -m multiport --dports 500,4500 -j ACCEPT"]
-    return ["# /etc/nftables.conf, in your input chain (table inet filter, chain input):",
-            "udp dport { 500, 4500 } accept", "meta l4proto esp accept"]
+        rules = [(50, f"nft insert rule {fam} {table} {name} meta l4proto esp accept"),
+                 (17, f"nft insert rule {fam} {table} {name} udp dport {{ 500, 4500 }} accept")]
+    elif chain and chain[0] in ("iptables", "ip6tables"):
+        rules = [(50, f"{chain[0]} -I INPUT -p esp -j ACCEPT"),
+                 (17, f"{chain[0]} -I INPUT -p udp -m multiport --dports 500,4500 -j ACCEPT")]
+    else:
+        return ["# /etc/nftables.conf, in your input chain (table inet filter, chain input):",
+                "udp dport { 500, 4500 } accept", "meta l4proto esp accept"]
+    return [text for p, text in rules if proto in (None, p)]

@@ -453,8 +453,8 @@ def check_firewall(ctx: Context) -> list[Finding]:
                     else f"{pkt.label}: not sure it is accepted: {v.where}")
             if esp_libipsec:
                 text += " (kernel-libipsec only uses UDP-encapsulated ESP on 4500, so this does not matter now)"
-            out.append(Finding("firewall", level, text, "; ".join(firewall.fix_hints(v.chain))
-                               + " (ipsec-vip check --fix-hints prints them)"))
+            out.append(Finding("firewall", level, text, "; ".join(firewall.fix_hints(v.chain, pkt.proto))
+                               + " (ipsec-vip check --fix-hints prints the rules)"))
     return out
 
 
