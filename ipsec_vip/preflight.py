@@ -34,8 +34,9 @@ UNSHARE = next((p for p in ("/usr/bin/unshare", "/bin/unshare") if os.path.exist
 CHARON_NAMES = ("charon", "charon-systemd")
 PSK_MIN_CHARS = 32
 PSK_MIN_BITS = 128
-LIBIPSEC_LIMITS = ("kernel-libipsec: ESP in charon's userland through a TUN device (ipsec0), UDP-encapsulated "
-                   "only, much slower than the kernel, and only one charon per network namespace")
+LIBIPSEC_LIMITS = ("kernel-libipsec: ESP done in userland inside the one charon process, through a TUN device "
+                   "(ipsec0), always UDP-encapsulated on port 4500, much slower than the kernel and buffering "
+                   "packets in memory; strongSwan does not recommend it for gateways")
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 _INCLUDE = re.compile(r"^\s*include\s+(.+?)\s*$")
 _SECRET_KEY = re.compile(r"^\s*secret\s*=", re.MULTILINE)
@@ -72,7 +73,7 @@ class Context:
         self.families = sorted(set(families))
         self._plugins: dict[str, list[str] | str] = {}
         self._selections: dict[int, Any] = {}
-        self._esp: bool | None = None
+        self._esp: tuple[bool | None, str] | None = None
         self.firewall_chains: list[tuple[str, ...]] = []
 
     def plugins(self, uri: str) -> list[str] | str:
@@ -110,7 +111,14 @@ class Context:
         return out
 
     def kernel_esp(self) -> tuple[bool | None, str]:
-        """(ESP in the kernel?, detail) by adding and deleting an ESP SA in a throw-away namespace."""
+        """(ESP in the kernel?, detail), probed once."""
+        if self._esp is None:
+            self._esp = self._probe_esp()
+        return self._esp
+
+    @staticmethod
+    def _probe_esp() -> tuple[bool | None, str]:
+        """Add and delete an ESP SA in a throw-away network namespace."""
         batch = ("xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1000 mode tunnel "
                  "enc cbc(aes) 0x000102030405060708090a0b0c0d0e0f "
                  "auth-trunc hmac(sha256) 0x000102030405060708090a0b0c0d0e0f000102030405060708090a0b0c0d0e0f 128\n"
