@@ -18,7 +18,7 @@ import socket
 import stat
 import struct
 import subprocess
-from collections import Counter
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -332,18 +332,16 @@ def check_connections(ctx: Context) -> list[Finding]:
 
 
 def psk_bits(data: bytes) -> float:
-    """A conservative entropy estimate: length x min(log2 alphabet by character classes, Shannon entropy)."""
-    if not data:
+    """Entropy estimate: 8 bits per byte of a binary (0x/0s) secret; for text, length x log2 of the
+    alphabet of the character classes used. 0 when the secret compresses (repeats itself) or
+    uses fewer than 10 distinct characters."""
+    if len(set(data)) < min(10, len(data)) or len(zlib.compress(data, 9)) < len(data):
         return 0.0
-    counts = Counter(data)
-    shannon = -sum(c / len(data) * math.log2(c / len(data)) for c in counts.values())
-    if all(32 < b < 127 for b in data):
-        pool = (26 * any(97 <= b <= 122 for b in data) + 26 * any(65 <= b <= 90 for b in data)
-                + 10 * any(48 <= b <= 57 for b in data) + 32 * any(not chr(b).isalnum() for b in data))
-        per = min(math.log2(max(pool, 2)), shannon)
-    else:
-        per = min(8.0, max(shannon, math.log2(len(counts)) if len(counts) > 1 else 0.0))
-    return len(data) * per
+    if not all(32 < b < 127 for b in data):
+        return 8.0 * len(data)
+    pool = (26 * any(97 <= b <= 122 for b in data) + 26 * any(65 <= b <= 90 for b in data)
+            + 10 * any(48 <= b <= 57 for b in data) + 32 * any(not chr(b).isalnum() for b in data))
+    return len(data) * math.log2(max(pool, 2))
 
 
 def check_psk_strength(ctx: Context) -> list[Finding]:
@@ -362,7 +360,8 @@ def check_psk_strength(ctx: Context) -> list[Finding]:
             where = f"secrets.{s['id']} in {t.config}"
             weak = bits < PSK_MIN_BITS or (not binary and len(data) < PSK_MIN_CHARS)
             if weak:
-                out.append(Finding("psk", FAIL, f"{where}: weak PSK ({size}, about {bits:.0f} bits)",
+                why = "repeats itself or has few distinct characters" if bits == 0 else f"about {bits:.0f} bits"
+                out.append(Finding("psk", FAIL, f"{where}: weak PSK ({size}, {why})",
                                    "replace it with the output of 'ipsec-vip psk' (43 random characters) on "
                                    "both ends"))
             else:

@@ -54,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
     ctx = context(args)
     findings = preflight.run(ctx)
     failed = any(f.level == preflight.FAIL for f in findings)
+    hints = [line for chain in ctx.firewall_chains for line in firewall.fix_hints(chain)]
     if args.json:
-        print(json.dumps({"ok": not failed, "findings": [f._asdict() for f in findings]}, indent=2))
+        doc: dict[str, object] = {"ok": not failed, "findings": [f._asdict() for f in findings]}
+        if args.fix_hints:
+            doc["fix_hints"] = hints
+        print(json.dumps(doc, indent=2))
     else:
         for f in findings:
             print(f"{_TAGS[f.level]} {f.name}: {f.message}")
@@ -63,10 +67,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"       fix: {f.fix}")
     if args.fix_hints and not args.json:
         print()
-        if ctx.firewall_chains:
+        if hints:
             print("# let IKE, NAT-T and ESP in (rules go first in the chain that drops them):")
-            for chain in ctx.firewall_chains:
-                print("\n".join(firewall.fix_hints(chain)))
+            print("\n".join(hints))
         else:
             print("# the firewall already lets IKE and ESP in; for a new nftables ruleset:")
             print("\n".join(firewall.fix_hints(())))
