@@ -238,3 +238,15 @@ def test_check_as_non_root_says_so(env):
     found = json.loads(p.stdout)["findings"]
     assert by_name(found, "xfrm-netlink")[0]["level"] == "fail"
     assert "root" in by_name(found, "xfrm-netlink")[0]["fix"]
+
+
+def test_status_shows_a_broken_watch_config_without_failing(env, tmp_path):
+    gw = env["lab"].gateways["gw1"]
+    (tmp_path / "typo.conf").write_text(f"vpi = {lab.VIP}\n")
+    rc, rep = status_json(env, "--watch-dir", str(tmp_path), "--vici-socket", gw.uri)
+    assert rc == 0 and rep["charons"][0]["reachable"]
+    (vip,) = rep["vips"]
+    assert vip["source"] == "watch" and vip["name"] == "typo" and vip["vip"] is None
+    assert "typo.conf:1" in vip["error"]
+    r = ipsec_vip(env, "status", "--watch-dir", str(tmp_path), "--vici-socket", gw.uri)
+    assert r.rc == 0 and "error:" in r.stdout and "typo.conf:1" in r.stdout
