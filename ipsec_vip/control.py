@@ -117,7 +117,8 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -
         before_pools = set(v.request("get-pools", timeout=deadline.left()))
         record = Record(vip=str(params.vip), config=params.config, conns=list(selection.connections),
                         secrets=[s["id"] for s in selection.secrets], pools=list(selection.pools),
-                        initiators=_initiators(selection.connections))
+                        initiators=_initiators(selection.connections), vici_socket=params.vici_socket,
+                        interface=params.interface or "")
         states.write(instance, record)  # before loading: a start cut short is undone by stop
         try:
             _load(v, selection, deadline)

@@ -34,6 +34,8 @@ class Record(NamedTuple):
     secrets: Sequence[str] = ()
     pools: Sequence[str] = ()
     initiators: Sequence[str] = ()
+    vici_socket: str = ""
+    interface: str = ""
 
     @classmethod
     def from_json(cls, data: Any) -> Record:
@@ -42,7 +44,8 @@ class Record(NamedTuple):
         rec = cls(vip=str(data["vip"]), config=str(data["config"]),
                   conns=_strings(data["conns"]), secrets=_strings(data.get("secrets", [])),
                   pools=_strings(data.get("pools", [])),
-                  initiators=_strings(data.get("initiators", [])))
+                  initiators=_strings(data.get("initiators", [])),
+                  vici_socket=str(data.get("vici_socket", "")), interface=str(data.get("interface", "")))
         return rec
 
 
@@ -140,22 +143,26 @@ class StateDir:
 
     def others(self, instance: str) -> list[Record]:
         """Records of every other instance on this node (damaged ones skipped)."""
-        mine = os.path.basename(self._file(instance, ".json"))
-        out: list[Record] = []
+        mine = _UNSAFE.sub("_", instance)
+        return [rec for name, rec in self.records().items() if name != mine]
+
+    def records(self) -> dict[str, Record]:
+        """Instance (file) name -> record, for every instance started here (damaged ones skipped)."""
+        out: dict[str, Record] = {}
         if not self._exists():
             return out
         try:
             names = os.listdir(self.path)
         except FileNotFoundError:
-            return []
+            return {}
         except OSError as e:
             raise StateError(f"cannot list state directory {self.path}: {e.strerror}") from None
         for name in sorted(names):
-            if name.endswith(".json") and name != mine:
+            if name.endswith(".json"):
                 with contextlib.suppress(StateError):
                     rec = self._read_path(os.path.join(self.path, name))
                     if rec is not None:
-                        out.append(rec)
+                        out[name[:-len(".json")]] = rec
         return out
 
     @contextlib.contextmanager

@@ -1,0 +1,483 @@
+"""``ipsec-vip check``: one function per check, each returning Findings with the fix.
+
+The checks run in :data:`CHECKS` order over a :class:`Context` that fetches each fact
+(charon's plugins, the parsed configs, the firewall rules) once. A finding never
+quotes a secret: PSKs are judged by length and an entropy estimate and named by
+their section only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import glob
+import math
+import os
+import re
+import socket
+import stat
+import struct
+import subprocess
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from ipsec_vip import control, firewall, swanctl
+from ipsec_vip.errors import IpsecVipError
+from ipsec_vip.params import Params
+from ipsec_vip.vici_session import Vici
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+SWANCTL_CONF = "/etc/swanctl/swanctl.conf"
+IP = next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip", "/usr/bin/ip") if os.path.exists(p)), "/usr/sbin/ip")
+UNSHARE = next((p for p in ("/usr/bin/unshare", "/bin/unshare") if os.path.exists(p)), "/usr/bin/unshare")
+CHARON_NAMES = ("charon", "charon-systemd")
+PSK_MIN_CHARS = 32
+PSK_MIN_BITS = 128
+LIBIPSEC_LIMITS = ("kernel-libipsec: ESP done in userland inside the one charon process, through a TUN device "
+                   "(ipsec0), always UDP-encapsulated on port 4500, much slower than the kernel and buffering "
+                   "packets in memory; strongSwan does not recommend it for gateways")
+_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+_INCLUDE = re.compile(r"^\s*include\s+(.+?)\s*$")
+_SECRET_KEY = re.compile(r"^\s*secret\s*=", re.MULTILINE)
+
+
+class Finding(NamedTuple):
+    """One result: ``level`` is ok, warn or fail; ``fix`` says what to do (empty when ok)."""
+
+    name: str
+    level: str
+    message: str
+    fix: str = ""
+
+
+class Target(NamedTuple):
+    """A configuration to check: the VIP's parameters, or a config file without a VIP."""
+
+    label: str
+    config: str
+    params: Params | None
+
+
+class Context:
+    """The facts the checks share, each fetched once."""
+
+    def __init__(self, targets: list[Target], vici_sockets: list[str], timeout: float = 5.0,
+                 swanctl_conf: str = SWANCTL_CONF, families: Iterable[int] = (4,),
+                 early: Iterable[Finding] = ()) -> None:
+        self.targets = targets
+        self.early = list(early)  # findings made while gathering the targets
+        self.vici_sockets = vici_sockets
+        self.timeout = timeout
+        self.swanctl_conf = swanctl_conf
+        self.families = sorted(set(families))
+        self._plugins: dict[str, list[str] | str] = {}
+        self._selections: dict[int, Any] = {}
+        self._esp: tuple[bool | None, str] | None = None
+        self.firewall_chains: list[tuple[str, ...]] = []
+
+    def plugins(self, uri: str) -> list[str] | str:
+        """charon's loaded plugins (VICI ``stats``), or why they are unknown."""
+        if uri not in self._plugins:
+            try:
+                with Vici(uri, timeout=self.timeout) as v:
+                    self._plugins[uri] = list(v.request("stats").get("plugins", []))
+            except IpsecVipError as e:
+                self._plugins[uri] = str(e)
+        return self._plugins[uri]
+
+    def libipsec(self) -> bool:
+        return any(isinstance(p, list) and "kernel-libipsec" in p for p in map(self.plugins, self.vici_sockets))
+
+    def selection(self, t: Target) -> Any:
+        """The target's connections/secrets/pools (a Selection or SwanctlConfig); raises ConfigError."""
+        key = id(t)
+        if key not in self._selections:
+            try:
+                self._selections[key] = (control.select(t.params) if t.params is not None
+                                         else swanctl.load(t.config))
+            except IpsecVipError as e:
+                self._selections[key] = e
+        sel = self._selections[key]
+        if isinstance(sel, IpsecVipError):
+            raise sel
+        return sel
+
+    def selections(self) -> list[tuple[Target, Any]]:
+        out = []
+        for t in self.targets:
+            with contextlib.suppress(IpsecVipError):
+                out.append((t, self.selection(t)))
+        return out
+
+    def kernel_esp(self) -> tuple[bool | None, str]:
+        """(ESP in the kernel?, detail), probed once."""
+        if self._esp is None:
+            self._esp = self._probe_esp()
+        return self._esp
+
+    @staticmethod
+    def _probe_esp() -> tuple[bool | None, str]:
+        """Add and delete an ESP SA in a throw-away network namespace."""
+        batch = ("xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1000 mode tunnel "
+                 "enc cbc(aes) 0x000102030405060708090a0b0c0d0e0f "
+                 "auth-trunc hmac(sha256) 0x000102030405060708090a0b0c0d0e0f000102030405060708090a0b0c0d0e0f 128\n"
+                 "xfrm state delete src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1000\n")
+        try:
+            p = subprocess.run([UNSHARE, "--net", "--", IP, "-batch", "-"], input=batch, capture_output=True,
+                               text=True, timeout=10, env=_ENV, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return None, f"cannot run {UNSHARE} {IP}: {e}"
+        err = " ".join(p.stderr.split())
+        if p.returncode == 0:
+            return True, "an ESP SA was added and deleted in a temporary network namespace"
+        if "Requested type not found" in err or "Protocol not supported" in err:
+            return False, "the kernel refuses ESP SAs (no esp4/esp6 support)"
+        return None, f"probe failed: {err[:200]}"
+
+
+# --------------------------------------------------------------------------- kernel
+def check_xfrm_netlink(ctx: Context) -> list[Finding]:
+    """Open a NETLINK_XFRM socket and dump the SAs (XFRM_MSG_GETSA)."""
+    name = "xfrm-netlink"
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 6) as s:  # NETLINK_XFRM
+            s.settimeout(2)
+            s.bind((0, 0))
+            s.send(struct.pack("=LHHLL", 16, 0x12, 0x301, 1, 0))  # GETSA, NLM_F_REQUEST|NLM_F_DUMP
+            data = s.recv(65536)
+    except OSError as e:
+        fix = "load the xfrm_user module (modprobe xfrm_user) or use a kernel with CONFIG_XFRM_USER"
+        if e.errno in (errno.EPERM, errno.EACCES):
+            fix = "run ipsec-vip check as root"
+        return [Finding(name, FAIL, f"cannot use the XFRM netlink interface: {e.strerror}", fix)]
+    if len(data) >= 20:
+        _, kind = struct.unpack_from("=LH", data)
+        if kind == 2:  # NLMSG_ERROR
+            code = -struct.unpack_from("=i", data, 16)[0]
+            if code:
+                return [Finding(name, FAIL, f"XFRM dump refused: {os.strerror(code)}",
+                                "run as root; check that xfrm_user is loaded")]
+    return [Finding(name, OK, "XFRM netlink answers a dump of the SAs")]
+
+
+def check_kernel_esp(ctx: Context) -> list[Finding]:
+    """Probe ESP by adding and deleting an SA in a temporary network namespace."""
+    name = "kernel-esp"
+    esp, detail = ctx.kernel_esp()
+    if esp:
+        return [Finding(name, OK, f"ESP available in the kernel ({detail})")]
+    if esp is None:
+        return [Finding(name, WARN, f"could not tell whether the kernel has ESP: {detail}",
+                        "run as root with util-linux unshare and iproute2 installed")]
+    if ctx.libipsec():
+        return [Finding(name, WARN, f"{detail}; charon uses kernel-libipsec instead ({LIBIPSEC_LIMITS})",
+                        "for kernel speed load esp4/esp6 (CONFIG_INET_ESP, CONFIG_INET6_ESP) and drop kernel-libipsec")]
+    return [Finding(name, FAIL, f"{detail}: charon cannot install SAs",
+                    "load esp4/esp6 (modprobe esp4 esp6) or use a kernel with CONFIG_INET_ESP; else load "
+                    f"charon's kernel-libipsec plugin (Debian: libcharon-extra-plugins) and know its limits: "
+                    f"{LIBIPSEC_LIMITS}")]
+
+
+def check_tun(ctx: Context) -> list[Finding]:
+    """/dev/net/tun must open (kernel-libipsec needs it)."""
+    name = "tun"
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        os.close(fd)
+    except OSError as e:
+        needed = ctx.libipsec() or ctx.kernel_esp()[0] is False
+        return [Finding(name, FAIL if needed else WARN, f"/dev/net/tun does not open: {e.strerror}"
+                        + ("; kernel-libipsec needs it" if needed else ""),
+                        "modprobe tun (CONFIG_TUN); in a container, pass /dev/net/tun through")]
+    return [Finding(name, OK, "/dev/net/tun opens")]
+
+
+# --------------------------------------------------------------------------- charon
+def check_charon_running(ctx: Context) -> list[Finding]:
+    """A charon (or charon-systemd) process exists."""
+    import psutil
+
+    pids = [p.info["pid"] for p in psutil.process_iter(["pid", "name"]) if p.info["name"] in CHARON_NAMES]
+    if not pids:
+        return [Finding("charon-running", FAIL, "no charon process runs",
+                        "systemctl enable --now strongswan (Debian; charon-systemd) on every node")]
+    return [Finding("charon-running", OK, f"charon runs (pid {', '.join(map(str, pids[:5]))})")]
+
+
+def check_vici(ctx: Context) -> list[Finding]:
+    """Each VICI socket in use answers ``version``."""
+    out = []
+    for uri in ctx.vici_sockets:
+        try:
+            with Vici(uri, timeout=ctx.timeout) as v:
+                ver = v.request("version")
+            out.append(Finding("vici", OK, f"{uri} answers: {ver.get('daemon')} {ver.get('version')}"))
+        except IpsecVipError as e:
+            out.append(Finding("vici", FAIL, str(e), "start charon with the vici plugin loaded and its socket at "
+                               f"{uri} (strongswan.conf charon.plugins.vici.socket)"))
+    return out
+
+
+def _auth_plugins(conns: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """plugin -> why the config needs it."""
+    need: dict[str, str] = {}
+    for cname, body in conns.items():
+        for sect, auth in body.items():
+            if not (isinstance(auth, dict) and sect.lower().startswith(("local", "remote"))):
+                continue
+            method = str(auth.get("auth", "pubkey")).lower()
+            where = f"connection {cname} {sect} auth = {method}"
+            if method.startswith("eap-"):
+                need.setdefault(method.split(":")[0], where)
+            elif method == "eap":
+                need.setdefault("eap-identity", where)
+            elif method.startswith("xauth"):
+                need.setdefault("xauth-generic" if method == "xauth" else method, where)
+            elif method in ("pubkey", "rsa", "ecdsa") or method.startswith(("rsa", "ecdsa", "pubkey")):
+                need.setdefault("x509", where)
+                need.setdefault("pem", where)
+        pools = body.get("pools", [])
+        if "dhcp" in pools:
+            need.setdefault("dhcp", f"connection {cname} pools = dhcp")
+        if "radius" in pools:
+            need.setdefault("eap-radius", f"connection {cname} pools = radius")
+        for child, cbody in (body.get("children") or {}).items():
+            if isinstance(cbody, dict) and cbody.get("updown"):
+                need.setdefault("updown", f"connection {cname} child {child} updown")
+    return need
+
+
+def check_plugins(ctx: Context) -> list[Finding]:
+    """charon's plugins (VICI ``stats``) cover what every node and the configs need."""
+    out = []
+    conns: dict[str, dict[str, Any]] = {}
+    for _, sel in ctx.selections():
+        conns.update(sel.connections)
+    for uri in ctx.vici_sockets:
+        loaded = ctx.plugins(uri)
+        if isinstance(loaded, str):
+            out.append(Finding("plugins", FAIL, f"cannot list charon's plugins: {loaded}", "start charon"))
+            continue
+        need = {"vici": "the agent talks VICI", "kernel-netlink": "addresses, routes and (kernel) SAs",
+                "nonce": "IKE nonces"}
+        if not {"socket-default", "socket-dynamic"} & set(loaded):
+            need["socket-default"] = "IKE on UDP 500/4500"
+        if ctx.kernel_esp()[0] is False:
+            need["kernel-libipsec"] = "the kernel has no ESP"
+        if not {"openssl", "gcrypt", "botan", "wolfssl"} & set(loaded) and not {"aes", "sha2", "hmac"} <= set(loaded):
+            need["openssl"] = "IKE crypto (or aes + sha2 + hmac)"
+        need.update({k: v for k, v in _auth_plugins(conns).items() if k not in need})
+        missing = {p: why for p, why in need.items() if p not in loaded}
+        if missing:
+            out.append(Finding("plugins", FAIL, "charon lacks plugin(s): " + "; ".join(
+                f"{p} ({why})" for p, why in missing.items()),
+                "install them (Debian: libstrongswan-standard-plugins, libcharon-extra-plugins) and add them to "
+                "charon { load = ... } in strongswan.conf, or drop load = to load all installed ones"))
+        else:
+            out.append(Finding("plugins", OK, f"{uri}: needed plugins loaded ({', '.join(need)})"))
+    return out
+
+
+# --------------------------------------------------------------------------- configuration
+def check_config(ctx: Context) -> list[Finding]:
+    """Each configuration parses and, for a VIP, selects connections."""
+    if not ctx.targets:
+        return [Finding("config", WARN, "no VIP configured here (no resource started, no watch config, "
+                        "no config file)", "pass --vip and --config, or create /etc/ipsec-vip/swanctl.conf")]
+    out = []
+    for t in ctx.targets:
+        try:
+            sel = ctx.selection(t)
+        except IpsecVipError as e:
+            out.append(Finding("config", FAIL, f"{t.label}: {e}", f"correct {t.config} (the agent refuses it, "
+                               "exit 6)"))
+            continue
+        out.append(Finding("config", OK, f"{t.label}: {t.config} parses: {len(sel.connections)} connection(s), "
+                           f"{len(sel.secrets)} secret(s), {len(sel.pools)} pool(s)"))
+    return out
+
+
+def _addresses(values: Any) -> list[str]:
+    return [str(v) for v in values] if isinstance(values, list) else []
+
+
+def check_connections(ctx: Context) -> list[Finding]:
+    """Connections are bound to the VIP (local_addrs), answer rather than start, and have mobike off."""
+    out: list[Finding] = []
+    for t, sel in ctx.selections():
+        before = len(out)
+        for name, body in sel.connections.items():
+            addrs = _addresses(body.get("local_addrs"))
+            where = f"{t.label}: connection {name}"
+            vip = str(t.params.vip).split("%")[0] if t.params is not None else None
+            if not addrs or any(a in ("%any", "0.0.0.0", "::") for a in addrs):  # noqa: S104
+                out.append(Finding("connections", FAIL, f"{where} has no fixed local_addrs: it would answer on "
+                                   "every address of the node", f"set local_addrs = {vip or 'the VIP'}"))
+            elif vip is not None and not any(a.split("/")[0] == vip for a in addrs):
+                out.append(Finding("connections", WARN, f"{where}: local_addrs {', '.join(addrs)} lacks the VIP "
+                                   f"{vip}", f"add {vip} to local_addrs"))
+            starts = [c for c, cb in (body.get("children") or {}).items() if isinstance(cb, dict)
+                      and {"start", "trap"} & set(str(cb.get("start_action", "")).split("|"))]
+            if starts:
+                out.append(Finding("connections", WARN, f"{where}: child(ren) {', '.join(starts)} initiate "
+                                   "(start_action start/trap) from the VIP", "fine for site-to-site; for road "
+                                   "warriors use start_action = none (the default)"))
+        sel_warnings = control.mobike_warnings(sel)
+        out += [Finding("mobike", WARN, f"{t.label}: {w}", "set mobike = no in the connection") for w in sel_warnings]
+        if len(out) == before:
+            out.append(Finding("connections", OK, f"{t.label}: {len(sel.connections)} VIP-bound responder "
+                               "connection(s), mobike off"))
+    return out
+
+
+def psk_bits(data: bytes) -> float:
+    """Entropy estimate: 8 bits per byte of a binary (0x/0s) secret; for text, length x log2 of the
+    alphabet of the character classes used. 0 when the secret compresses (repeats itself) or
+    uses fewer than 10 distinct characters."""
+    if len(set(data)) < min(10, len(data)) or len(zlib.compress(data, 9)) < len(data):
+        return 0.0
+    if not all(32 < b < 127 for b in data):
+        return 8.0 * len(data)
+    pool = (26 * any(97 <= b <= 122 for b in data) + 26 * any(65 <= b <= 90 for b in data)
+            + 10 * any(48 <= b <= 57 for b in data) + 32 * any(not chr(b).isalnum() for b in data))
+    return len(data) * math.log2(max(pool, 2))
+
+
+def check_psk_strength(ctx: Context) -> list[Finding]:
+    """IKE PSKs have >= 32 characters and >= 128 bits estimated entropy (never printed)."""
+    out = []
+    seen: set[tuple[str, str]] = set()
+    for t, sel in ctx.selections():
+        for s in sel.secrets:
+            if s.get("type") not in ("ike", "ppk") or (t.config, s["id"]) in seen:
+                continue
+            seen.add((t.config, s["id"]))
+            data = s.get("data", b"")
+            binary = not all(32 <= b < 127 for b in data)
+            bits = psk_bits(data)
+            size = f"{len(data)} bytes" if binary else f"{len(data)} characters"
+            where = f"secrets.{s['id']} in {t.config}"
+            weak = bits < PSK_MIN_BITS or (not binary and len(data) < PSK_MIN_CHARS)
+            if weak:
+                why = "repeats itself or has few distinct characters" if bits == 0 else f"about {bits:.0f} bits"
+                out.append(Finding("psk", FAIL, f"{where}: weak PSK ({size}, {why})",
+                                   "replace it with the output of 'ipsec-vip psk' (43 random characters) on "
+                                   "both ends"))
+            else:
+                out.append(Finding("psk", OK, f"{where}: {size}, about {bits:.0f} bits"))
+    return out
+
+
+def include_files(path: str, depth: int = 0) -> list[str]:
+    """``path`` and every file it includes (recursively, globs expanded), as real paths."""
+    real = os.path.realpath(path)
+    try:
+        with open(real, encoding="utf-8", errors="replace") as f:
+            text = f.read(64 << 20)
+    except OSError:
+        return []
+    out = [real]
+    if depth >= swanctl.MAX_INCLUDE_DEPTH:
+        return out
+    for line in text.splitlines():
+        m = _INCLUDE.match(line.split("#", 1)[0])
+        if m:
+            pattern = m.group(1).strip('"')
+            full = pattern if os.path.isabs(pattern) else os.path.join(os.path.dirname(path), pattern)
+            for inc in sorted(glob.glob(full)):
+                out += [p for p in include_files(inc, depth + 1) if p not in out]
+    return out
+
+
+def check_not_load_all(ctx: Context) -> list[Finding]:
+    """The managed config is neither under /etc/swanctl nor included from swanctl.conf."""
+    base = os.path.dirname(ctx.swanctl_conf)
+    loaded_by_all = set(include_files(ctx.swanctl_conf))
+    out = []
+    for config in dict.fromkeys(t.config for t in ctx.targets):
+        files = include_files(config) or [os.path.realpath(config)]
+        inside = [f for f in files if f.startswith(os.path.realpath(base) + os.sep)]
+        shared = [f for f in files if f in loaded_by_all]
+        if inside or shared:
+            what = ", ".join(dict.fromkeys(inside + shared))
+            out.append(Finding("load-all", FAIL, f"{config}: {what} is loaded by 'swanctl --load-all' "
+                               f"(under {base} or included from {ctx.swanctl_conf}) on every node, and "
+                               "'--load-all' unloads what the agent loaded",
+                               f"move it to /etc/ipsec-vip/ and remove any include of it from {ctx.swanctl_conf}"))
+        else:
+            out.append(Finding("load-all", OK, f"{config}: not loaded by 'swanctl --load-all'"))
+    return out
+
+
+def check_secret_files(ctx: Context) -> list[Finding]:
+    """Files of the configs that hold secrets are not readable or writable by group or others."""
+    out = []
+    done: set[str] = set()
+    for config in dict.fromkeys(t.config for t in ctx.targets):
+        for path in include_files(config):
+            if path in done:
+                continue
+            done.add(path)
+            try:
+                st = os.stat(path)
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    holds = bool(_SECRET_KEY.search(f.read(64 << 20)))
+            except OSError:
+                continue
+            if holds and st.st_mode & 0o077:
+                out.append(Finding("secret-files", WARN, f"{path} holds secrets and is mode "
+                                   f"{stat.S_IMODE(st.st_mode):04o} (group/others may read it)",
+                                   f"chmod 600 {path}"))
+            elif holds:
+                out.append(Finding("secret-files", OK, f"{path} holds secrets, mode {stat.S_IMODE(st.st_mode):04o}"))
+    return out
+
+
+# --------------------------------------------------------------------------- firewall
+def check_firewall(ctx: Context) -> list[Finding]:
+    """nftables and iptables let UDP 500, UDP 4500 (any source port) and ESP in."""
+    rules = firewall.read()
+    out = [Finding("firewall", WARN, e, "run as root") for e in rules.errors]
+    ctx.firewall_chains = []
+    for pkt in firewall.packets(ctx.families):
+        v = firewall.evaluate(rules, pkt)
+        notes = f" ({'; '.join(v.notes)})" if v is not None and v.notes else ""
+        if v is None and rules.errors:
+            out.append(Finding("firewall", WARN, f"{pkt.label}: cannot tell, the rules could not be read",
+                               "run ipsec-vip check as root"))
+        elif v is None:
+            out.append(Finding("firewall", OK, f"{pkt.label}: no firewall rules, accepting"
+                               + ("" if rules.tools else " (neither nft nor iptables-save is installed)")))
+        elif v.result == "accept":
+            out.append(Finding("firewall", OK, f"{pkt.label}: accepted by {v.where}{notes}"))
+        else:
+            esp_libipsec = pkt.proto == 50 and ctx.libipsec()
+            level = WARN if v.result == "unknown" or esp_libipsec else FAIL
+            if v.chain and v.chain not in ctx.firewall_chains:
+                ctx.firewall_chains.append(v.chain)
+            text = (f"{pkt.label}: dropped by {v.where}{notes}" if v.result == "drop"
+                    else f"{pkt.label}: not sure it is accepted: {v.where}")
+            if esp_libipsec:
+                text += " (kernel-libipsec only uses UDP-encapsulated ESP on 4500, so this does not matter now)"
+            out.append(Finding("firewall", level, text, "; ".join(firewall.fix_hints(v.chain, pkt.proto))
+                               + " (ipsec-vip check --fix-hints prints the rules)"))
+    return out
+
+
+CHECKS: tuple[Callable[[Context], list[Finding]], ...] = (
+    check_xfrm_netlink, check_kernel_esp, check_tun, check_charon_running, check_vici, check_plugins,
+    check_config, check_connections, check_psk_strength, check_not_load_all, check_secret_files, check_firewall,
+)
+
+
+def run(ctx: Context) -> list[Finding]:
+    """Every check, in order; a check that breaks becomes a failure, never a traceback."""
+    out: list[Finding] = list(ctx.early)
+    for check in CHECKS:
+        try:
+            out += check(ctx)
+        except Exception as e:  # a bug in one check must not hide the others
+            out.append(Finding(check.__name__[len("check_"):].replace("_", "-"), FAIL,
+                               f"the check itself failed: {type(e).__name__}", "report this as a bug"))
+    return out
