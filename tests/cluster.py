@@ -443,40 +443,6 @@ class Probe:
         self.proc.wait()
 
 
-GATEWAY_CONF = """connections {
-    rw {
-        version = 2
-        local_addrs = 192.0.2.100
-        pools = rw-pool
-        mobike = no
-        dpd_delay = 10s
-        local {
-            auth = psk
-            id = vpn.example.com
-        }
-        remote {
-            auth = psk
-        }
-        children {
-            rw {
-                local_ts = 198.51.100.0/24
-            }
-        }
-    }
-}
-pools {
-    rw-pool {
-        addrs = 203.0.113.0/24
-    }
-}
-secrets {
-    ike-client1 {
-        id-gw = vpn.example.com
-        id-client = client1@example.com
-        secret = "%s"
-    }
-}
-"""
 
 
 def pcs_commands(conf: str) -> list[list[str]]:

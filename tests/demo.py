@@ -89,7 +89,7 @@ def main() -> int:
     try:
         say(f"cluster ready after {time.monotonic() - t_start:.1f}s; configuring with the README's pcs commands")
         conf = c.work / "swanctl.conf"
-        conf.write_text(cluster.GATEWAY_CONF % PSK)
+        conf.write_text(lab.GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})
         conf.chmod(0o600)
         for cmd in cluster.pcs_commands(str(conf)):
             print("    " + " ".join(cmd), flush=True)

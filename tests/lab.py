@@ -395,6 +395,44 @@ def client_initiate(client: Charon, timeout_ms: int = 5000) -> bool:
     return True
 
 
+# The gateway side of the lab: a VIP-bound road-warrior responder (%(vip)s, %(psk)s).
+GATEWAY_CONF = """\
+connections {
+    rw {
+        version = 2
+        local_addrs = %(vip)s
+        pools = rw-pool
+        mobike = no
+        dpd_delay = 10s
+        local {
+            auth = psk
+            id = vpn.example.com
+        }
+        remote {
+            auth = psk
+        }
+        children {
+            rw {
+                local_ts = 198.51.100.0/24
+            }
+        }
+    }
+}
+pools {
+    rw-pool {
+        addrs = 203.0.113.0/24
+    }
+}
+secrets {
+    ike-client1 {
+        id-gw = vpn.example.com
+        id-client = client1@example.com
+        secret = "%(psk)s"
+    }
+}
+"""
+
+
 # --------------------------------------------------------------------------- the agent
 AGENT = str(Path(__file__).resolve().parent.parent / "ocf" / "strongswan")
 

@@ -7,43 +7,10 @@ import time
 import pytest
 
 from tests import lab
+from tests.lab import GATEWAY_CONF
 
 PSK = "test-psk-Zq8vK2mN4pR7sT1wX5yB9cD3fG6hJ0"
 
-GATEWAY_CONF = """\
-connections {
-    rw {
-        version = 2
-        local_addrs = %(vip)s
-        pools = rw-pool
-        mobike = no
-        local {
-            auth = psk
-            id = vpn.example.com
-        }
-        remote {
-            auth = psk
-        }
-        children {
-            rw {
-                local_ts = 198.51.100.0/24
-            }
-        }
-    }
-}
-pools {
-    rw-pool {
-        addrs = 203.0.113.0/24
-    }
-}
-secrets {
-    ike-client1 {
-        id-gw = vpn.example.com
-        id-client = client1@example.com
-        secret = "%(psk)s"
-    }
-}
-"""
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def cl() -> Iterator[cluster.Cluster]:
     c = cluster.Cluster.build(("gw1", "gw2"))
     try:
         conf = c.work / "swanctl.conf"
-        conf.write_text(cluster.GATEWAY_CONF % PSK)
+        conf.write_text(lab.GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})
         conf.chmod(0o600)
         for cmd in cluster.pcs_commands(str(conf)):
             c.nodes["gw1"].on(*cmd)

@@ -16,7 +16,7 @@ def crmcl() -> Iterator[cluster.Cluster]:
     c = cluster.Cluster.build(("gw1", "gw2"))
     try:
         conf = c.work / "swanctl.conf"
-        conf.write_text(cluster.GATEWAY_CONF % PSK)
+        conf.write_text(lab.GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})
         conf.chmod(0o600)
         c.nodes["gw1"].on("crm", "configure", stdin=cluster.crm_configure(str(conf)))
         where = c.wait_any("vpn")

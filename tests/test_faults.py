@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests import lab
-from tests.test_agent_charon import GATEWAY_CONF, PSK
+from tests.lab import GATEWAY_CONF
+from tests.test_agent_charon import PSK
 from tests.vici_fakes import FakeServer, Proxy
 
 

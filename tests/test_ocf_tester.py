@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from tests import lab
-from tests.test_agent_charon import GATEWAY_CONF, PSK
+from tests.lab import GATEWAY_CONF
+from tests.test_agent_charon import PSK
 
 PYBIN = os.path.dirname(sys.executable)
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests import lab
-from tests.test_agent_charon import GATEWAY_CONF
+from tests.lab import GATEWAY_CONF
 
 PSK = secrets.token_urlsafe(32)
 
