@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from ipsec_vip import control, firewall, swanctl
+from ipsec_vip import charon, control, firewall, swanctl
 from ipsec_vip.errors import IpsecVipError
 from ipsec_vip.params import Params
 from ipsec_vip.vici_session import Vici
@@ -31,7 +31,6 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 SWANCTL_CONF = "/etc/swanctl/swanctl.conf"
 IP = next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip", "/usr/bin/ip") if os.path.exists(p)), "/usr/sbin/ip")
 UNSHARE = next((p for p in ("/usr/bin/unshare", "/bin/unshare") if os.path.exists(p)), "/usr/bin/unshare")
-CHARON_NAMES = ("charon", "charon-systemd")
 PSK_MIN_CHARS = 32
 PSK_MIN_BITS = 128
 LIBIPSEC_LIMITS = ("kernel-libipsec: ESP done in userland inside the one charon process, through a TUN device "
@@ -195,10 +194,8 @@ def check_tun(ctx: Context) -> list[Finding]:
 
 # --------------------------------------------------------------------------- charon
 def check_charon_running(ctx: Context) -> list[Finding]:
-    """A charon (or charon-systemd) process exists."""
-    import psutil
-
-    pids = [p.info["pid"] for p in psutil.process_iter(["pid", "name"]) if p.info["name"] in CHARON_NAMES]
+    """A charon (or charon-systemd) process runs in this network namespace."""
+    pids = charon.running()
     if not pids:
         return [Finding("charon-running", FAIL, "no charon process runs",
                         "systemctl enable --now strongswan (Debian; charon-systemd) on every node")]
