@@ -213,7 +213,10 @@ class Chroot:
         return run([*pre, *cmd], env=full_env, check=check, timeout=timeout)
 
     def apt(self, *args: str) -> None:
-        self.run("apt-get", "-y", "-q", "-o", "Dpkg::Use-Pty=0", "--no-install-recommends", *args, timeout=900)
+        """apt-get in the root; one run at a time, since roots of parallel runs share the .deb cache."""
+        with open(CACHE / "archives.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.run("apt-get", "-y", "-q", "-o", "Dpkg::Use-Pty=0", "--no-install-recommends", *args, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +247,7 @@ def debroot(built) -> Iterator[Chroot]:
         root.apt("install", "pacemaker-cli-utils", "resource-agents", "libxml2-utils", "man-db")
         print(f"\nclean root: ipsec-vip installed in {t1 - t0:.0f} s, test tools in {time.monotonic() - t1:.0f} s")
         yield root
-        root.run("apt-get", "autoclean", check=False)  # drop cached .debs the mirror no longer has
+        root.apt("autoclean")  # drop cached .debs the mirror no longer has
     finally:
         remove_tree(path)
 
