@@ -119,6 +119,17 @@ def test_make_install_ships_what_the_packages_ship(built, tmp_path):
     assert "up" in run([str(tmp_path / "usr/local/bin/ipsec-vip"), "--help"], env=env).stdout
 
 
+def test_rpm_payload_runs(built, tmp_path):
+    """The RPM's files (unpacked with rpm itself, no Fedora here) give a working agent and command."""
+    run(["rpm", "--root", str(tmp_path), "--dbpath", "/var/lib/rpm", "--nodeps", "--noscripts", "-i",
+         str(built.rpm)])
+    sitelib = next(tmp_path.glob("usr/lib/python3*/site-packages"))
+    env = {**ENV, "PYTHONPATH": str(sitelib)}
+    assert "<resource-agent" in run([str(tmp_path / AGENT.lstrip("/")), "meta-data"], env=env).stdout
+    assert run([str(tmp_path / "usr/bin/ipsec-vip"), "--version"], env=env).stdout.strip() == \
+        f"ipsec-vip {__version__}"
+
+
 def test_package_versions(built):
     assert built.deb.name == f"ipsec-vip_{__version__}_all.deb"
     assert built.rpm.name.startswith(f"ipsec-vip-{__version__}-1")
