@@ -31,10 +31,10 @@ MAX_CACHE_AGE = 30 * 86400  # rebuild the base root monthly: apt then upgrades l
 AGENT = "/usr/lib/ocf/resource.d/ipsec-vip/strongswan"
 EXAMPLE = "/usr/share/doc/ipsec-vip/examples/swanctl.conf"
 DTD = "/usr/share/resource-agents/ra-api-1.dtd"
-# Left by lintian on purpose; README "Packages" says why.
+# Left by lintian on purpose; README "Install from packages" says why.
 LINTIAN_ALLOWED = {
     "executable-in-usr-lib",  # the OCF standard puts agents in /usr/lib/ocf/resource.d
-    "systemd-service-file-missing-hardening-features",  # the watch daemon must change charon's state
+    "systemd-service-file-missing-hardening-features",  # the watch unit has no sandbox yet
 }
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
