@@ -40,10 +40,7 @@ test: venv
 demo: deps venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m tests.demo
 
-install:
-	install -d $(DESTDIR)/usr/lib/ocf/resource.d/ipsec-vip
-	install -m 0755 ocf/strongswan $(DESTDIR)/usr/lib/ocf/resource.d/ipsec-vip/strongswan
-	$(PYTHON) -m pip install --no-deps --root=$(if $(DESTDIR),$(DESTDIR),/) --prefix=$(PREFIX) .
+# install, man, deb, rpm: packaging/packaging.mk
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
