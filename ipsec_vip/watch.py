@@ -112,8 +112,12 @@ def settings(values: Mapping[str, str]) -> tuple[Params, float]:
 
 
 # --------------------------------------------------------------------------- systemd
-def notify(state: str) -> bool:
-    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET`` ('@' = abstract)."""
+def notify(state: str, wait: float = 2.0) -> bool:
+    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET`` ('@' = abstract).
+
+    Waits at most ``wait`` seconds for room in the receiver's queue (0: drop at once,
+    for STATUS= updates that must never stall the daemon).
+    """
     address = os.environ.get("NOTIFY_SOCKET", "")
     if address.startswith("@"):
         address = "\0" + address[1:]
@@ -121,10 +125,14 @@ def notify(state: str) -> bool:
         return False  # unset, or a vsock address we do not speak
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(wait if wait > 0 else 0.0)
             s.connect(address)
             s.sendall(state.encode())
+    except (BlockingIOError, socket.timeout):
+        log.debug("notification queue full, dropped: %s", state.replace("\n", " "))
+        return False
     except OSError as e:
-        log.warning("cannot notify systemd on %s: %s", address.lstrip("\0"), e.strerror or e)
+        log.warning("cannot notify the service manager on %s: %s", address.lstrip("\0"), e.strerror or e)
         return False
     return True
 
@@ -210,9 +218,10 @@ class Watcher:
             try:
                 async for msg in ipr.get():
                     if self._concerns(msg):
+                        log.debug("%s for the VIP", msg.get("event"))
                         self._poke()
-            except NetlinkError as e:
-                if e.code != errno.ENOBUFS:
+            except (NetlinkError, OSError) as e:  # pyroute2 reports ENOBUFS as OSError
+                if (e.code if isinstance(e, NetlinkError) else e.errno) != errno.ENOBUFS:
                     raise
                 log.warning("netlink events overflowed; reading the addresses again")
                 self._poke()
@@ -284,6 +293,7 @@ class Watcher:
         now = time.monotonic()
         self._retry_at = None
         held = vipmod.held(self.params.vip, self.params.interface)
+        log.debug("VIP held: %s", held)
         if held != self._held:
             where = f" on {self.params.interface}" if self.params.interface else ""
             log.info("VIP %s %s%s", self.params.vip, "is held here" if held else "is not held here", where)
@@ -336,7 +346,7 @@ class Watcher:
     def _set_status(self, text: str) -> None:
         if text != self._status:
             self._status = text
-            notify(f"STATUS={text}")
+            notify(f"STATUS={text}", wait=0)
 
     def _shutdown(self) -> int:
         """On exit: the agent's stop (unload; terminate SAs only where the VIP is gone)."""

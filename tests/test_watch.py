@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -280,6 +281,32 @@ def test_flapping_vip_ends_right_without_leaks(env, watchers):
     settled(env, {"one"})
     assert w.proc.poll() is None
     wait_for(lambda: (w.fds(), w.threads()) == (fds, threads), timeout=5)  # VICI watchdog timers end
+
+
+def _netlink_drops(pid: int) -> int:
+    """Messages the kernel dropped for the process's rtnetlink sockets (overflow)."""
+    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    with open(f"/proc/{pid}/net/netlink") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(int(r[8]) for r in rows if r[1] == "0" and f"socket:[{r[9]}]" in inodes)
+
+
+def test_event_overflow_is_resynchronised(env, watchers):
+    """More changes than the socket buffer holds while the daemon is stopped (ENOBUFS):
+    it reads the addresses again instead of trusting the events."""
+    c: lab.Charon = env["charon"]
+    w = start(env, watchers)
+    add, delete = f"address add {VIP1}/32 dev lo\n", f"address del {VIP1}/32 dev lo\n"
+    for first, then, expected in ((add, delete, {"one"}), (delete, add, set())):
+        os.kill(w.pid, signal.SIGSTOP)
+        try:
+            lab.run(lab.IP, "-n", c.netns, "-batch", "-", input=(first + then) * 1500 + first, timeout=60)
+        finally:
+            os.kill(w.pid, signal.SIGCONT)
+        settled(env, expected)
+    assert _netlink_drops(w.pid) > 0  # the overflow really happened
+    assert "netlink events overflowed" in w.log()
+    assert w.terminate() == 0
 
 
 def test_two_watchers_stay_independent(env, watchers):

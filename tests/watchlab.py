@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,11 +50,13 @@ class Watch:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))
         self.messages: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read_notifications, daemon=True).start()
         environ = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": ROOT,
                    "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [lab.IP, "netns", "exec", netns, *prefix, sys.executable, "-m", "ipsec_vip.cli", "watch", *args],
+                [lab.IP, "netns", "exec", netns, *prefix, sys.executable, "-m", "ipsec_vip.cli", "-v", "watch", *args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environ, cwd=ROOT)
 
     @property
@@ -63,26 +66,31 @@ class Watch:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def receive(self, timeout: float) -> str | None:
-        """The next notification, or None after ``timeout``."""
-        self.notify.settimeout(timeout)
-        try:
-            text = self.notify.recv(4096).decode()
-        except socket.timeout:
-            return None
-        self.messages.append(text)
-        return text
+    def _read_notifications(self) -> None:
+        """Drain the socket like systemd does (a full queue would block the daemon's sends)."""
+        while True:
+            try:
+                text = self.notify.recv(4096).decode()
+            except OSError:
+                return
+            if not text:  # shut down by close()
+                return
+            with self._cond:
+                self.messages.append(text)
+                self._cond.notify_all()
 
     def wait_notify(self, field: str, timeout: float = 15.0) -> str:
         """Wait for a notification containing the line ``field`` (e.g. READY=1)."""
         end = time.monotonic() + timeout
-        while True:
-            for text in self.messages:
-                if field in text.split("\n"):
-                    return text
-            left = end - time.monotonic()
-            if left <= 0 or (self.receive(min(left, 0.5)) is None and self.proc.poll() is not None):
-                raise AssertionError(f"no {field} from the watcher; rc={self.proc.poll()} log:\n{self.log()}")
+        with self._cond:
+            while True:
+                for text in self.messages:
+                    if field in text.split("\n"):
+                        return text
+                left = end - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._cond.wait(0.2)):
+                    raise AssertionError(f"no {field} from the watcher; rc={self.proc.poll()} log:\n{self.log()}")
+                self._cond.wait(min(left, 0.2))
 
     def ready(self) -> Watch:
         self.wait_notify("READY=1")
@@ -98,6 +106,8 @@ class Watch:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        with contextlib.suppress(OSError):
+            self.notify.shutdown(socket.SHUT_RDWR)
         self.notify.close()
         with contextlib.suppress(FileNotFoundError):
             self.notify_path.unlink()
