@@ -19,7 +19,10 @@ It is event driven and idles in one ``epoll_wait``:
   daemon retries with a bounded backoff (0.1 s doubling to 5 s);
 * ``check_interval`` (default 10 s, 0 = off): while loaded, one ``get-conns``
   to notice connections removed behind our back (``swanctl --load-all`` from
-  strongswan.service unloads whatever it did not load itself).
+  strongswan.service unloads whatever it did not load itself). For 10 s after
+  charon (re)appears and after SIGHUP (the unit's reload, propagated from
+  strongswan.service's) the check runs every second: that is when
+  ``swanctl --load-all`` runs.
 
 Actions that fail (charon refuses, config now broken) are retried with the same
 backoff; each error is logged once until it changes.
@@ -57,6 +60,8 @@ KEYS = (*PARAM_KEYS, "check_interval")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,99}$")
 _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 5.0
+_SETTLE = 10.0  # for this long after charon (re)appeared or SIGHUP ...
+_SETTLE_CHECK = 1.0  # ... check this often
 _RTMGRP_IPV4_IFADDR = 0x10
 _RTMGRP_IPV6_IFADDR = 0x100
 
@@ -156,6 +161,7 @@ class Watcher:
         self._loaded = False
         self._verify = True  # look at charon's conns before trusting a state file
         self._check_at: float | None = None
+        self._settle_until = 0.0
         self._retry_at: float | None = None
         self._failures = 0
         self._error: str | None = None
@@ -176,6 +182,7 @@ class Watcher:
         self._wake = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         async with AsyncIPRoute() as ipr:
             await ipr.bind(groups=_RTMGRP_IPV4_IFADDR | _RTMGRP_IPV6_IFADDR)  # subscribe, then look
             listener = asyncio.create_task(self._listen(ipr))
@@ -197,13 +204,19 @@ class Watcher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
                 self._disconnect()
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
 
     def _stop(self) -> None:
         if not self._stopping:
             log.info("stopping (signal received)")
         self._stopping = True
+        self._poke()
+
+    def _reload(self) -> None:
+        log.info("SIGHUP: checking that our connections are loaded")
+        self._verify = True
+        self._settle_until = time.monotonic() + _SETTLE
         self._poke()
 
     def _poke(self) -> None:
@@ -258,6 +271,7 @@ class Watcher:
             log.info("charon answers on %s", self.params.vici_socket)
             self._charon_seen = True
         self._verify = True  # a new charon knows none of our connections
+        self._settle_until = time.monotonic() + _SETTLE  # and swanctl --load-all may follow
         return True
 
     def _charon_readable(self) -> None:
@@ -321,7 +335,10 @@ class Watcher:
             log.info("recovered: %s", "connections loaded" if held else "nothing of ours loaded")
         self._error, self._failures, self._verify = None, 0, False
         self._loaded = held
-        self._check_at = now + self.check_interval if held and self.check_interval > 0 else None
+        interval = self.check_interval
+        if now < self._settle_until:
+            interval = min(interval, _SETTLE_CHECK) if interval > 0 else _SETTLE_CHECK
+        self._check_at = now + interval if held and interval > 0 else None
         self._set_status(f"VIP {self.params.vip} held here, connections loaded" if held
                          else f"VIP {self.params.vip} not held here, nothing loaded")
 
