@@ -20,7 +20,7 @@ It is event driven and idles in one ``epoll_wait``:
 * ``check_interval`` (default 10 s, 0 = off): while loaded, one ``get-conns``
   to notice connections removed behind our back (``swanctl --load-all`` from
   strongswan.service unloads whatever it did not load itself). For 10 s after
-  charon (re)appears and after SIGHUP (the unit's reload, propagated from
+  charon appears (after a restart, or later than the daemon) and after SIGHUP (the unit's reload, propagated from
   strongswan.service's) the check runs every second: that is when
   ``swanctl --load-all`` runs.
 
@@ -162,6 +162,7 @@ class Watcher:
         self._verify = True  # look at charon's conns before trusting a state file
         self._check_at: float | None = None
         self._settle_until = 0.0
+        self._first_look = True  # charon running when we start: strongswan.service is done
         self._retry_at: float | None = None
         self._failures = 0
         self._error: str | None = None
@@ -253,6 +254,7 @@ class Watcher:
         """Hold an idle VICI connection; it turns readable (EOF) when charon goes away."""
         if self._charon is not None:
             return True
+        first, self._first_look = self._first_look, False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(1.0)
         try:
@@ -271,7 +273,8 @@ class Watcher:
             log.info("charon answers on %s", self.params.vici_socket)
             self._charon_seen = True
         self._verify = True  # a new charon knows none of our connections
-        self._settle_until = time.monotonic() + _SETTLE  # and swanctl --load-all may follow
+        if not first:  # charon (re)started after us: swanctl --load-all may follow
+            self._settle_until = time.monotonic() + _SETTLE
         return True
 
     def _charon_readable(self) -> None:

@@ -21,6 +21,7 @@ import pytest
 from ipsec_vip import cli, watch
 from ipsec_vip.errors import ConfigError
 from tests import lab
+from tests.test_agent_charon import GATEWAY_CONF, PSK, client_sa
 from tests.watchlab import CLK_TCK, Watch, addr, conn_conf, wait_for, watch_args
 
 UNIT = Path(__file__).resolve().parent.parent / "packaging" / "systemd" / "ipsec-vip-watch@.service"
@@ -406,3 +407,41 @@ def test_reaction_bench_runs():
     result = watch_bench.measure(rounds=3)
     assert len(result["load"]) == len(result["unload"]) == 3
     assert all(0 < t < 5 for t in result["load"] + result["unload"])
+
+
+def test_road_warrior_through_the_watcher(gwlab, tmp_path):
+    """End to end: a real client gets in once the VIP is here; the VIP leaving ends its SA; SIGTERM on
+    the VIP holder unloads the connection but sends the client no DELETE (the agent's stop)."""
+    tmp_path.chmod(0o755)
+    lb: lab.Lab = gwlab
+    gw = lb.gateways["gw1"]
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})
+    lab.client_load(lb.client, PSK)
+    w = Watch(lb.ns("gw1"), watch_args(gw, lab.VIP, conf, tmp_path / "state"), tmp_path)
+    try:
+        w.ready()
+        lb.add_vip("gw1")
+        wait_for(lambda: gw.conns() == ["rw"])
+        assert lab.client_initiate(lb.client)
+        assert lb.ping_server()
+        lb.del_vip("gw1")
+        wait_for(lambda: gw.conns() == [] and gw.sas() == [])  # VIP gone: SAs terminated locally
+        lb.add_vip("gw1")
+        wait_for(lambda: gw.conns() == ["rw"])
+        lb.client.clear()  # the client never heard of the SA's end (no DELETE could leave)
+        lab.client_load(lb.client, PSK)
+        assert lab.client_initiate(lb.client)
+        sa = client_sa(lb.client)
+        assert sa and lb.ping_server()
+        assert w.terminate() == 0
+        assert gw.conns() == [] and "ike-client1" not in gw.shared()
+        kept = client_sa(lb.client)
+        assert kept and kept["uniqueid"] == sa["uniqueid"], "client was told to reconnect"
+        assert [s["name"] for s in gw.sas()] == ["rw"]  # still carrying traffic until the VIP moves
+        assert lb.ping_server()
+    finally:
+        w.close()
+        lb.del_vip("gw1")
+        lb.client.clear()
+        gw.clear()
