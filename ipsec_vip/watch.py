@@ -15,8 +15,9 @@ It is event driven and idles in one ``epoll_wait``:
   cannot leave a wrong final state, and an IPv6 VIP counts only once DAD is
   done (the kernel announces that with another RTM_NEWADDR);
 * charon: one idle connection to the VICI socket; charon never writes to it, so
-  it becomes readable exactly when charon exits. While charon is absent the
-  daemon retries with a bounded backoff (0.1 s doubling to 5 s);
+  it becomes readable exactly when charon exits. While charon is absent and
+  needed (the VIP is here, or something of ours is to be unloaded) the daemon
+  retries with a bounded backoff (0.1 s doubling to 5 s);
 * ``check_interval`` (default 10 s, 0 = off): while loaded, one ``get-conns``
   to notice connections removed behind our back (``swanctl --load-all`` from
   strongswan.service unloads whatever it did not load itself). For 10 s after
@@ -45,7 +46,7 @@ from typing import Any
 
 from ipsec_vip import control
 from ipsec_vip import vip as vipmod
-from ipsec_vip.errors import ConfigError, IpsecVipError
+from ipsec_vip.errors import ConfigError, IpsecVipError, StateError
 from ipsec_vip.params import Params, parse
 from ipsec_vip.state import StateDir
 from ipsec_vip.vici_session import socket_path
@@ -288,7 +289,7 @@ class Watcher:
             data = b""
         if data:
             return  # charon does not write to an idle client; ignore
-        log.warning("charon closed the VICI connection (stopped or restarted); waiting for it")
+        log.warning("charon closed the VICI connection (stopped or restarted)")
         self._charon_seen = None
         self._disconnect()
         self._poke()
@@ -315,7 +316,7 @@ class Watcher:
             where = f" on {self.params.interface}" if self.params.interface else ""
             log.info("VIP %s %s%s", self.params.vip, "is held here" if held else "is not held here", where)
             self._held = held
-        if not self._connect():
+        if (held or self._started()) and not self._connect():
             self._backoff(now)
             self._set_status(f"waiting for charon on {self.params.vici_socket}")
             return
@@ -344,6 +345,13 @@ class Watcher:
         self._check_at = now + interval if held and interval > 0 else None
         self._set_status(f"VIP {self.params.vip} held here, connections loaded" if held
                          else f"VIP {self.params.vip} not held here, nothing loaded")
+
+    def _started(self) -> bool:
+        """A state file exists (a damaged one counts: control.stop cleans it up)."""
+        try:
+            return self.states.read(self.instance) is not None
+        except StateError:
+            return True
 
     def _healthy(self, record: Any, deadline: control.Deadline) -> bool:
         health = control.check(self.params, record, 0, deadline)
