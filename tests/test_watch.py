@@ -202,25 +202,39 @@ def test_vip_added_loads_removed_unloads(env, watchers):
     assert log.count("INFO: loaded 1 connections") == 2
 
 
-def test_named_config_without_capabilities(env, watchers):
-    """``ipsec-vip watch NAME`` as the unit runs it: root without any capability
-    (CapabilityBoundingSet= is empty in the unit)."""
+# What the unit's sandbox amounts to for the daemon: a private mount namespace where everything
+# is read-only but the state directory (ProtectSystem=strict + the RuntimeDirectory), and root
+# without any capability (CapabilityBoundingSet= empty, NoNewPrivileges=yes). "remount,bind,ro"
+# changes only this namespace's mount flags, never the file system.
+SANDBOX = ('unshare', '-m', '--propagation', 'private', 'sh', '-c',
+           'mount --bind "$1" "$1" && mount -o remount,bind,ro / && shift && exec "$@"', 'sh')
+NO_CAPS = ("setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs")
+
+
+def test_named_config_in_the_units_sandbox(env, watchers):
+    """``ipsec-vip watch NAME`` as the unit runs it: config from NAME.conf, read-only file system
+    but for the state directory, no capabilities."""
     c: lab.Charon = env["charon"]
     (env["dir"] / "vpn.conf").write_text(
         f"vip = {VIP1}\nconfig = {env['conf']}\nvici_socket = {c.uri}\nconnections = one\n")
+    env["state"].mkdir()
     w = Watch(c.netns, ["vpn", "--watch-dir", str(env["dir"]), "--state-dir", str(env["state"])], env["dir"],
-              prefix=("setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"))
+              prefix=(*SANDBOX, str(env["state"]), *NO_CAPS))
     watchers.append(w)
     w.ready()
     with open(f"/proc/{w.pid}/status") as f:
         caps = {k: v.strip() for k, _, v in (line.partition(":") for line in f) if k.startswith("Cap")}
     assert caps["CapEff"] == caps["CapBnd"] == "0000000000000000"
+    with open(f"/proc/{w.pid}/mountinfo") as f:
+        root = next(line.split() for line in f if line.split()[4] == "/")
+    assert "ro" in root[5].split(",")
     addr(c.netns, "add", f"{VIP1}/32")
     settled(env, {"one"})
     assert (env["state"] / "ipsec-vip" / "watch-vpn.json").exists()
     addr(c.netns, "del", f"{VIP1}/32")
     settled(env, set())
     assert w.terminate() == 0
+    assert "ERROR" not in w.log()
 
 
 def test_charon_restart_and_absent_at_start(env, watchers):
