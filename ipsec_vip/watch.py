@@ -8,12 +8,16 @@ daemon; SAs are terminated only where the VIP is gone, as in the agent's stop).
 
 It is event driven and idles in one ``epoll_wait``:
 
-* address changes: an rtnetlink socket (pyroute2) bound to the IPv4/IPv6
-  address groups *before* the first look at the addresses, so no change is
-  missed. An event only says "look again": the decision always comes from a
-  fresh dump (``vip.held``), so coalesced, reordered or lost (ENOBUFS) events
-  cannot leave a wrong final state, and an IPv6 VIP counts only once DAD is
-  done (the kernel announces that with another RTM_NEWADDR);
+* address changes: an rtnetlink socket bound to the VIP family's address
+  group *before* the first look at the addresses, so no change is missed. An
+  event only says "look again": the decision always comes from a fresh dump
+  (``vip.held``), so coalesced, reordered or lost (ENOBUFS) events cannot leave
+  a wrong final state, and an IPv6 VIP counts only once DAD is done (the kernel
+  announces that with another RTM_NEWADDR). A plain socket, not pyroute2:
+  Debian 12 ships pyroute2 0.7.2, whose API differs from 0.9's (no
+  AsyncIPRoute), and 0.9's synchronous IPRoute buffers events internally so a
+  select() on it lags; the events need no parsing here, and the import of
+  pyroute2 would cost ~130 ms and ~20 MB;
 * charon: one idle connection to the VICI socket; charon never writes to it, so
   it becomes readable exactly when charon exits. While charon is absent and
   needed (the VIP is here, or something of ours is to be unloaded) the daemon
@@ -34,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import re
@@ -42,13 +45,12 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from ipsec_vip import control
 from ipsec_vip import vip as vipmod
 from ipsec_vip.errors import ConfigError, IpsecVipError, StateError
 from ipsec_vip.params import Params, parse
-from ipsec_vip.state import StateDir
+from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import socket_path
 
 log = logging.getLogger("ipsec-vip")
@@ -63,7 +65,7 @@ _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 5.0
 _SETTLE = 10.0  # for this long after charon (re)appeared or SIGHUP ...
 _SETTLE_CHECK = 1.0  # ... check this often
-_RTMGRP_IPV4_IFADDR = 0x10
+_RTMGRP_IPV4_IFADDR = 0x10  # linux/rtnetlink.h
 _RTMGRP_IPV6_IFADDR = 0x100
 
 
@@ -169,6 +171,8 @@ class Watcher:
         self._error: str | None = None
         self._status = ""
         self._wake: asyncio.Event | None = None
+        self._netlink: socket.socket | None = None
+        self._netlink_error: OSError | None = None
         self._stopping = False
 
     def run(self) -> int:
@@ -178,36 +182,31 @@ class Watcher:
         return self._shutdown()
 
     async def _main(self) -> None:
-        from pyroute2 import AsyncIPRoute
-
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
-        async with AsyncIPRoute() as ipr:
-            await ipr.bind(groups=_RTMGRP_IPV4_IFADDR | _RTMGRP_IPV6_IFADDR)  # subscribe, then look
-            listener = asyncio.create_task(self._listen(ipr))
-            listener.add_done_callback(lambda _task: self._poke())
-            try:
-                self._reconcile()
-                notify(f"READY=1\nSTATUS={self._status}")
-                while not self._stopping:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._timeout())
-                    self._wake.clear()
-                    if listener.done():
-                        listener.result()  # raises what killed it
-                        raise RuntimeError("the netlink listener ended")
-                    if not self._stopping:
-                        self._reconcile()
-            finally:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
-                self._disconnect()
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    loop.remove_signal_handler(sig)
+        netlink = self._netlink = self._subscribe()  # subscribe first, then look: nothing slips between
+        loop.add_reader(netlink.fileno(), self._netlink_readable)
+        try:
+            self._reconcile()
+            notify(f"READY=1\nSTATUS={self._status}")
+            while not self._stopping:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._timeout())
+                self._wake.clear()
+                if self._netlink_error is not None:
+                    raise self._netlink_error
+                if not self._stopping:
+                    self._reconcile()
+        finally:
+            loop.remove_reader(netlink.fileno())
+            self._netlink = None
+            netlink.close()
+            self._disconnect()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
 
     def _stop(self) -> None:
         if not self._stopping:
@@ -225,30 +224,37 @@ class Watcher:
         if self._wake is not None:
             self._wake.set()
 
-    async def _listen(self, ipr: Any) -> None:
-        """Wake the main loop for address events that concern the VIP (or on overflow)."""
-        from pyroute2.netlink.exceptions import NetlinkError
+    def _subscribe(self) -> socket.socket:
+        """An rtnetlink socket in the VIP family's address group (RTM_NEWADDR/RTM_DELADDR)."""
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                             socket.NETLINK_ROUTE)
+        try:
+            with contextlib.suppress(OSError):  # room for bursts (capped by net.core.rmem_max)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((0, _RTMGRP_IPV6_IFADDR if self.params.vip.version == 6 else _RTMGRP_IPV4_IFADDR))
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
+    def _netlink_readable(self) -> None:
+        """Drain the socket; any address event means "look again" (the decision comes from a
+        fresh dump, so the events need no parsing). An overflow (ENOBUFS) means the same."""
+        if self._netlink is None:
+            return
         while True:
             try:
-                async for msg in ipr.get():
-                    if self._concerns(msg):
-                        log.debug("%s for the VIP", msg.get("event"))
-                        self._poke()
-            except (NetlinkError, OSError) as e:  # pyroute2 reports ENOBUFS as OSError
-                if (e.code if isinstance(e, NetlinkError) else e.errno) != errno.ENOBUFS:
-                    raise
-                log.warning("netlink events overflowed; reading the addresses again")
-                self._poke()
-
-    def _concerns(self, msg: Any) -> bool:
-        if msg.get("event") not in ("RTM_NEWADDR", "RTM_DELADDR") or msg.get("family") != self._family:
-            return False
-        for attr in ("IFA_LOCAL", "IFA_ADDRESS"):
-            with contextlib.suppress(ValueError, TypeError):
-                if ipaddress.ip_address(msg.get_attr(attr) or "") == self.params.vip:
-                    return True
-        return False
+                if not self._netlink.recv(1 << 16):
+                    break
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    self._netlink_error = e
+                    break
+                log.warning("netlink address events overflowed; reading the addresses again")
+        log.debug("address event")
+        self._poke()
 
     # ---------------------------------------------------------------- charon liveness
     def _connect(self) -> bool:
@@ -353,7 +359,7 @@ class Watcher:
         except StateError:
             return True
 
-    def _healthy(self, record: Any, deadline: control.Deadline) -> bool:
+    def _healthy(self, record: Record, deadline: control.Deadline) -> bool:
         health = control.check(self.params, record, 0, deadline)
         if health.running and not health.problems:
             return True

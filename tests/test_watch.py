@@ -345,7 +345,7 @@ def test_event_overflow_is_resynchronised(env, watchers):
             os.kill(w.pid, signal.SIGCONT)
         settled(env, expected)
     assert _netlink_drops(w.pid) > 0  # the overflow really happened
-    assert "netlink events overflowed" in w.log()
+    assert "netlink address events overflowed" in w.log()
     assert w.terminate() == 0
 
 

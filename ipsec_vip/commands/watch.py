@@ -36,7 +36,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug output is per message
     given = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
     if args.name is not None:
         if given:
