@@ -25,9 +25,9 @@ It is event driven and idles in one ``epoll_wait``:
 * ``check_interval`` (default 10 s, 0 = off): while loaded, one ``get-conns``
   to notice connections removed behind our back (``swanctl --load-all`` from
   strongswan.service unloads whatever it did not load itself). For 10 s after
-  charon appears (after a restart, or later than the daemon) and after SIGHUP (the unit's reload, propagated from
-  strongswan.service's) the check runs every second: that is when
-  ``swanctl --load-all`` runs.
+  charon appears (after a restart, or later than the daemon) and after SIGHUP
+  (the unit's reload, propagated from strongswan.service's) the check runs
+  every second: that is when ``swanctl --load-all`` runs.
 
 Actions that fail (charon refuses, config now broken) are retried with the same
 backoff; each error is logged once until it changes.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ipsec_vip import watch
+from ipsec_vip import control, watch
 from ipsec_vip.commands.common import add_vip_options
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.state import StateDir
@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each load or unload (default 30)")
     p.add_argument("--watch-dir", default=watch.WATCH_DIR, help=f"where NAME.conf lives (default {watch.WATCH_DIR})")
     p.add_argument("--state-dir", default=watch.STATE_BASE,
-                   help=f"state directory, shared by the node's watchers (default {watch.STATE_BASE})")
+                   help=f"base of the state directory (DIR/ipsec-vip), shared by the node's watchers "
+                        f"(default {watch.STATE_BASE})")
     p.set_defaults(run=run, config=None, connections=None, vici_socket=None, interface=None)
 
 
@@ -41,17 +42,14 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise ConfigError(f"give either NAME or options, not both (NAME.conf holds {', '.join(_OPTIONS)})")
         values = watch.read_config(watch.config_path(args.name, args.watch_dir))
-        instance = f"watch-{args.name}"
     elif "vip" not in given:
         raise ConfigError("give NAME (a watch configuration) or --vip")
     else:
         values = {k: str(v) for k, v in given.items()}
-        instance = ""
     params, interval = watch.settings(values)
-    from ipsec_vip import control
-
     # a config that does not parse is refused now, not at the first VIP event
     for warning in control.mobike_warnings(control.select(params)):
         log.warning("%s", warning)
-    return watch.Watcher(params, instance or f"watch-{params.vip}", StateDir(args.state_dir),
-                         check_interval=interval, timeout=args.timeout).run()
+    instance = f"watch-{args.name if args.name is not None else params.vip}"
+    return watch.Watcher(params, instance, StateDir(args.state_dir), check_interval=interval,
+                         timeout=args.timeout).run()
