@@ -459,3 +459,24 @@ def test_road_warrior_through_the_watcher(gwlab, tmp_path):
         lb.del_vip("gw1")
         lb.client.clear()
         gw.clear()
+
+
+def test_config_broken_while_running_is_retried_and_logged_once(env, watchers, tmp_path):
+    c: lab.Charon = env["charon"]
+    tmp_path.chmod(0o755)
+    conf = tmp_path / "swanctl.conf"
+    good = conn_conf({"one": VIP1})
+    conf.write_text(good)
+    w = Watch(c.netns, watch_args(c, VIP1, conf, env["state"]), env["dir"])
+    watchers.append(w)
+    w.ready()
+    conf.write_text("connections { one { local_addrs = ")  # an editor's half-written file
+    addr(c.netns, "add", f"{VIP1}/32")
+    wait_for(lambda: "(retrying)" in w.log())
+    time.sleep(3)  # several retries (0.1, 0.2, 0.4, 0.8, 1.6 s)
+    assert loaded(env) == set()
+    assert w.log().count("(retrying)") == 1  # logged once, not per retry
+    conf.write_text(good)
+    settled(env, {"one"}, timeout=10)
+    assert "recovered" in w.log()
+    assert w.terminate() == 0
