@@ -14,7 +14,7 @@ from ipsec_vip.errors import OCF_ERR_GENERIC, IpsecVipError
 
 log = logging.getLogger("ipsec-vip")
 
-COMMANDS = ("updown", "status", "check", "psk")
+COMMANDS = ("updown", "status", "check", "psk", "watch")
 
 
 def parser() -> argparse.ArgumentParser:

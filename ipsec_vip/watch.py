@@ -1,0 +1,393 @@
+"""The systemd fallback: load a VIP's connections while this node holds the VIP.
+
+For sites that move the VIP with keepalived or a cloud API instead of Pacemaker.
+The daemon uses the agent's own code path: ``control.start`` when the VIP is
+held here (and charon answers), ``control.stop`` when it is not, and
+``control.stop`` once more on SIGTERM (so the connections never outlive the
+daemon; SAs are terminated only where the VIP is gone, as in the agent's stop).
+
+It is event driven and idles in one ``epoll_wait``:
+
+* address changes: an rtnetlink socket bound to the VIP family's address
+  group *before* the first look at the addresses, so no change is missed. An
+  event only says "look again": the decision always comes from a fresh dump
+  (``vip.held``), so coalesced, reordered or lost (ENOBUFS) events cannot leave
+  a wrong final state, and an IPv6 VIP counts only once DAD is done (the kernel
+  announces that with another RTM_NEWADDR). A plain socket, not pyroute2:
+  Debian 12 ships pyroute2 0.7.2, whose API differs from 0.9's (no
+  AsyncIPRoute), and 0.9's synchronous IPRoute buffers events internally so a
+  select() on it lags; the events need no parsing here, and the import of
+  pyroute2 would cost ~130 ms and ~20 MB;
+* charon: one idle connection to the VICI socket; charon never writes to it, so
+  it becomes readable exactly when charon exits. While charon is absent and
+  needed (the VIP is here, or something of ours is to be unloaded) the daemon
+  retries with a bounded backoff (0.1 s doubling to 5 s);
+* ``check_interval`` (default 10 s, 0 = off): while loaded, one ``get-conns``
+  to notice connections removed behind our back (``swanctl --load-all`` from
+  strongswan.service unloads whatever it did not load itself). For 10 s after
+  charon appears (after a restart, or later than the daemon) and after SIGHUP
+  (the unit's reload, propagated from strongswan.service's) the check runs
+  every second: that is when ``swanctl --load-all`` runs.
+
+Actions that fail (charon refuses, config now broken) are retried with the same
+backoff; each error is logged once until it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Mapping
+
+from ipsec_vip import control
+from ipsec_vip import vip as vipmod
+from ipsec_vip.errors import ConfigError, IpsecVipError, StateError
+from ipsec_vip.params import Params, parse
+from ipsec_vip.state import Record, StateDir
+from ipsec_vip.vici_session import socket_path
+
+log = logging.getLogger("ipsec-vip")
+
+WATCH_DIR = "/etc/ipsec-vip/watch"
+STATE_BASE = "/run/ipsec-vip-watch"
+DEFAULT_CHECK_INTERVAL = 10.0
+PARAM_KEYS = ("vip", "config", "connections", "vici_socket", "interface")
+KEYS = (*PARAM_KEYS, "check_interval")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,99}$")
+_BACKOFF_MIN = 0.1
+_BACKOFF_MAX = 5.0
+_SETTLE = 10.0  # for this long after charon (re)appeared or SIGHUP ...
+_SETTLE_CHECK = 1.0  # ... check this often
+_RTMGRP_IPV4_IFADDR = 0x10  # linux/rtnetlink.h
+_RTMGRP_IPV6_IFADDR = 0x100
+
+
+# --------------------------------------------------------------------------- configuration
+def config_path(name: str, directory: str = WATCH_DIR) -> str:
+    """``/etc/ipsec-vip/watch/NAME.conf``; NAME is a plain file name (systemd's %i)."""
+    if not _NAME.match(name):
+        raise ConfigError(f"watch name {name!r} must be letters, digits, '_', '.', '@' or '-'")
+    return os.path.join(directory, name + ".conf")
+
+
+def read_config(path: str) -> dict[str, str]:
+    """Parse ``key = value`` lines (``#`` starts a comment line; values may be quoted)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1 << 20)
+    except FileNotFoundError:
+        raise ConfigError(f"watch configuration {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read watch configuration {path}: {getattr(e, 'strerror', None) or e}") from None
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"{path}:{number}: expected 'key = value'")
+        if key not in KEYS:
+            raise ConfigError(f"{path}:{number}: unknown key {key!r} (known: {', '.join(KEYS)})")
+        if key in values:
+            raise ConfigError(f"{path}:{number}: {key} is set twice")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def settings(values: Mapping[str, str]) -> tuple[Params, float]:
+    """Params (validated like the agent's) and the check interval from config values."""
+    params = parse({k: v for k, v in values.items() if k in PARAM_KEYS})
+    text = values.get("check_interval", "").strip()
+    try:
+        interval = float(text) if text else DEFAULT_CHECK_INTERVAL
+    except ValueError:
+        raise ConfigError(f"check_interval must be a number of seconds, not {text!r}") from None
+    if not 0 <= interval <= 86400:
+        raise ConfigError("check_interval must be between 0 (off) and 86400 seconds")
+    return params, interval
+
+
+# --------------------------------------------------------------------------- systemd
+def notify(state: str, wait: float = 2.0) -> bool:
+    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET`` ('@' = abstract).
+
+    Waits at most ``wait`` seconds for room in the receiver's queue (0: drop at once,
+    for STATUS= updates that must never stall the daemon).
+    """
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    elif not address.startswith("/"):
+        return False  # unset, or a vsock address we do not speak
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(wait if wait > 0 else 0.0)
+            s.connect(address)
+            s.sendall(state.encode())
+    except (BlockingIOError, socket.timeout):
+        log.debug("notification queue full, dropped: %s", state.replace("\n", " "))
+        return False
+    except OSError as e:
+        log.warning("cannot notify the service manager on %s: %s", address.lstrip("\0"), e.strerror or e)
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- the daemon
+class Watcher:
+    """Keeps one VIP's connections loaded in charon exactly while the VIP is held here."""
+
+    def __init__(self, params: Params, instance: str, states: StateDir,
+                 check_interval: float = DEFAULT_CHECK_INTERVAL, timeout: float = 30.0) -> None:
+        self.params = params
+        self.instance = instance
+        self.states = states
+        self.check_interval = check_interval
+        self.timeout = timeout
+        self._path = socket_path(params.vici_socket)
+        self._family = socket.AF_INET6 if params.vip.version == 6 else socket.AF_INET
+        self._charon: socket.socket | None = None
+        self._charon_seen: bool | None = None  # last logged charon state
+        self._held: bool | None = None
+        self._loaded = False
+        self._verify = True  # look at charon's conns before trusting a state file
+        self._check_at: float | None = None
+        self._settle_until = 0.0
+        self._first_look = True  # charon running when we start: strongswan.service is done
+        self._retry_at: float | None = None
+        self._failures = 0
+        self._error: str | None = None
+        self._status = ""
+        self._wake: asyncio.Event | None = None
+        self._netlink: socket.socket | None = None
+        self._netlink_error: OSError | None = None
+        self._stopping = False
+
+    def run(self) -> int:
+        """Watch until SIGTERM/SIGINT; 0 after a clean stop, 1 if the final stop failed."""
+        self.states.ensure()
+        asyncio.run(self._main())
+        return self._shutdown()
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        netlink = self._netlink = self._subscribe()  # subscribe first, then look: nothing slips between
+        loop.add_reader(netlink.fileno(), self._netlink_readable)
+        try:
+            self._reconcile()
+            notify(f"READY=1\nSTATUS={self._status}")
+            while not self._stopping:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._timeout())
+                self._wake.clear()
+                if self._netlink_error is not None:
+                    raise self._netlink_error
+                if not self._stopping:
+                    self._reconcile()
+        finally:
+            loop.remove_reader(netlink.fileno())
+            self._netlink = None
+            netlink.close()
+            self._disconnect()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def _stop(self) -> None:
+        if not self._stopping:
+            log.info("stopping (signal received)")
+        self._stopping = True
+        self._poke()
+
+    def _reload(self) -> None:
+        log.info("SIGHUP: checking that our connections are loaded")
+        self._verify = True
+        self._settle_until = time.monotonic() + _SETTLE
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _subscribe(self) -> socket.socket:
+        """An rtnetlink socket in the VIP family's address group (RTM_NEWADDR/RTM_DELADDR)."""
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                             socket.NETLINK_ROUTE)
+        try:
+            with contextlib.suppress(OSError):  # room for bursts (capped by net.core.rmem_max)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((0, _RTMGRP_IPV6_IFADDR if self.params.vip.version == 6 else _RTMGRP_IPV4_IFADDR))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _netlink_readable(self) -> None:
+        """Drain the socket; any address event means "look again" (the decision comes from a
+        fresh dump, so the events need no parsing). An overflow (ENOBUFS) means the same."""
+        if self._netlink is None:
+            return
+        while True:
+            try:
+                if not self._netlink.recv(1 << 16):
+                    break
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    self._netlink_error = e
+                    break
+                log.warning("netlink address events overflowed; reading the addresses again")
+        log.debug("address event")
+        self._poke()
+
+    # ---------------------------------------------------------------- charon liveness
+    def _connect(self) -> bool:
+        """Hold an idle VICI connection; it turns readable (EOF) when charon goes away."""
+        if self._charon is not None:
+            return True
+        first, self._first_look = self._first_look, False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(1.0)
+        try:
+            sock.connect(self._path)
+        except OSError as e:
+            sock.close()
+            if self._charon_seen is not False:
+                log.warning("charon is not answering on %s (%s); waiting for it", self.params.vici_socket,
+                            e.strerror or e)
+                self._charon_seen = False
+            return False
+        sock.setblocking(False)
+        self._charon = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._charon_readable)
+        if self._charon_seen is not True:
+            log.info("charon answers on %s", self.params.vici_socket)
+            self._charon_seen = True
+        self._verify = True  # a new charon knows none of our connections
+        if not first:  # charon (re)started after us: swanctl --load-all may follow
+            self._settle_until = time.monotonic() + _SETTLE
+        return True
+
+    def _charon_readable(self) -> None:
+        if self._charon is None:
+            return
+        try:
+            data = self._charon.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            return  # charon does not write to an idle client; ignore
+        log.warning("charon closed the VICI connection (stopped or restarted)")
+        self._charon_seen = None
+        self._disconnect()
+        self._poke()
+
+    def _disconnect(self) -> None:
+        sock, self._charon = self._charon, None
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+
+    # ---------------------------------------------------------------- decisions
+    def _timeout(self) -> float | None:
+        due = [t for t in (self._retry_at, self._check_at if self._loaded else None) if t is not None]
+        return max(min(due) - time.monotonic(), 0.0) if due else None
+
+    def _reconcile(self) -> None:
+        """Compare the VIP, charon and what we loaded; call control.start/stop as needed."""
+        now = time.monotonic()
+        self._retry_at = None
+        held = vipmod.held(self.params.vip, self.params.interface)
+        log.debug("VIP held: %s", held)
+        if held != self._held:
+            where = f" on {self.params.interface}" if self.params.interface else ""
+            log.info("VIP %s %s%s", self.params.vip, "is held here" if held else "is not held here", where)
+            self._held = held
+        if (held or self._started()) and not self._connect():
+            self._backoff(now)
+            self._set_status(f"waiting for charon on {self.params.vici_socket}")
+            return
+        if self._check_at is not None and now >= self._check_at:
+            self._verify = True
+        deadline = control.Deadline(self.timeout)
+        try:
+            record = self.states.read(self.instance)
+            if held and (record is None or (self._verify and not self._healthy(record, deadline))):
+                log.info("%s", control.start(self.params, self.instance, self.states, deadline))
+            elif not held and record is not None:
+                log.info("%s", control.stop(self.params, self.instance, self.states, deadline))
+        except control.NotHeld:
+            self._poke()  # the VIP left between our look and start's: look again
+            return
+        except IpsecVipError as e:
+            self._fail(str(e), now)
+            return
+        if self._error is not None:
+            log.info("recovered: %s", "connections loaded" if held else "nothing of ours loaded")
+        self._error, self._failures, self._verify = None, 0, False
+        self._loaded = held
+        interval = self.check_interval
+        if now < self._settle_until:
+            interval = min(interval, _SETTLE_CHECK) if interval > 0 else _SETTLE_CHECK
+        self._check_at = now + interval if held and interval > 0 else None
+        self._set_status(f"VIP {self.params.vip} held here, connections loaded" if held
+                         else f"VIP {self.params.vip} not held here, nothing loaded")
+
+    def _started(self) -> bool:
+        """A state file exists (a damaged one counts: control.stop cleans it up)."""
+        try:
+            return self.states.read(self.instance) is not None
+        except StateError:
+            return True
+
+    def _healthy(self, record: Record, deadline: control.Deadline) -> bool:
+        health = control.check(self.params, record, 0, deadline)
+        if health.running and not health.problems:
+            return True
+        log.warning("%s; loading again", "; ".join(health.problems) or "our connections are not loaded")
+        return False
+
+    def _fail(self, message: str, now: float) -> None:
+        if message != self._error:
+            log.error("%s (retrying)", message)
+            self._error = message
+        self._backoff(now)
+        self._set_status(f"error: {message}")
+
+    def _backoff(self, now: float) -> None:
+        self._retry_at = now + min(_BACKOFF_MIN * 2 ** self._failures, _BACKOFF_MAX)
+        self._failures = min(self._failures + 1, 16)
+
+    def _set_status(self, text: str) -> None:
+        if text != self._status:
+            self._status = text
+            notify(f"STATUS={text}", wait=0)
+
+    def _shutdown(self) -> int:
+        """On exit: the agent's stop (unload; terminate SAs only where the VIP is gone)."""
+        notify("STOPPING=1")
+        try:
+            log.info("%s", control.stop(self.params, self.instance, self.states, control.Deadline(self.timeout)))
+        except IpsecVipError as e:
+            log.error("stop failed: %s", e)
+            return 1
+        return 0
