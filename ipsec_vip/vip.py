@@ -7,8 +7,9 @@ not held. Optionally the address must sit on one given interface.
 
 Why not pyroute2 here: importing any part of it costs 120-200 ms, and this check
 runs in every monitor on every node every few seconds. One RTM_GETADDR dump over
-a stdlib netlink socket costs well under a millisecond. The event-driven watch
-daemon, a long-lived process, uses pyroute2.
+a stdlib netlink socket costs well under a millisecond. The watch daemon reuses
+this check after every address event (see ``ipsec_vip.watch`` for why it does not
+use pyroute2 either).
 """
 
 from __future__ import annotations

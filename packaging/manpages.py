@@ -139,7 +139,7 @@ class _Stubs(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Empty modules for run-time dependencies missing where the packages are built (Debian 12
     has no vici): the parser never needs them, a command module may import them at the top."""
 
-    NAMES = ("vici", "pyroute2", "psutil")
+    NAMES = ("vici", "psutil")
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> ModuleSpec | None:
         top = name.partition(".")[0]
