@@ -21,7 +21,8 @@ import pytest
 from ipsec_vip import cli, watch
 from ipsec_vip.errors import ConfigError
 from tests import lab
-from tests.test_agent_charon import GATEWAY_CONF, PSK, client_sa
+from tests.lab import GATEWAY_CONF
+from tests.test_agent_charon import PSK, client_sa
 from tests.watchlab import CLK_TCK, Watch, addr, conn_conf, wait_for, watch_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,6 +266,36 @@ def test_charon_restart_and_absent_at_start(env, watchers):
     assert w.proc.poll() is None
     assert w.log().count("charon closed the VICI connection") == 2
     assert w.terminate() == 0
+
+
+def test_frozen_charon_never_hangs_the_daemon(env, watchers):
+    """charon stopped (SIGSTOP) while the VIP leaves: the stop times out, the daemon stays
+    responsive and finishes the job once charon runs again; SIGTERM still ends it in time."""
+    c: lab.Charon = env["charon"]
+    addr(c.netns, "add", f"{VIP1}/32")
+    w = start(env, watchers)
+    settled(env, {"one"})
+    c.signal(signal.SIGSTOP)
+    try:
+        addr(c.netns, "del", f"{VIP1}/32")
+        wait_for(lambda: "did not answer" in w.log(), 30)
+        assert w.proc.poll() is None
+    finally:
+        c.signal(signal.SIGCONT)
+    settled(env, set(), timeout=30)  # retried with backoff: unloaded after all
+    addr(c.netns, "add", f"{VIP1}/32")
+    settled(env, {"one"})
+    c.signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        w.proc.send_signal(signal.SIGTERM)
+        rc = w.proc.wait(70)  # the unit's TimeoutStopSec
+        took = time.monotonic() - t0
+    finally:
+        c.signal(signal.SIGCONT)
+    assert rc == 1, w.log()  # the final stop could not reach charon: said so, not 0
+    assert took < 65
+    assert "Traceback" not in w.log()
 
 
 def test_charon_absent_at_boot(env, watchers):
