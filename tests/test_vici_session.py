@@ -112,7 +112,8 @@ def test_reconnects_after_a_timeout(fake):
         calls.append(c)
         _read_request(c)
         if len(calls) == 1:
-            time.sleep(30)
+            time.sleep(30)  # never answers; the test has moved on and closed it
+            return
         # an empty CMD_RESPONSE
         c.sendall(struct.pack("!I", 1) + b"\x01")
     srv = fake(behave)
