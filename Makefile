@@ -9,7 +9,7 @@ APT_PACKAGES := strongswan-charon strongswan-swanctl libstrongswan-standard-plug
 	libxml2-utils iproute2 iputils-ping iputils-arping procps util-linux python3-venv nftables iptables systemd
 PYTEST_ARGS ?=
 
-.PHONY: check deps venv lint test demo install clean
+.PHONY: check deps venv lint test demo bench install clean
 
 include packaging/packaging.mk
 
@@ -39,6 +39,10 @@ test: venv
 
 demo: deps venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m tests.demo
+
+# benchmark table beside the peers (bench/README.md); BENCH_ARGS e.g. --failover-reps 0 --runs 30
+bench: deps venv
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m bench --readme README.md $(BENCH_ARGS)
 
 # install, man, deb, rpm: packaging/packaging.mk
 

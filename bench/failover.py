@@ -1,0 +1,117 @@
+"""Failover gaps on the two-node Pacemaker lab (tests/cluster.py): planned move (standby) and holder
+crash, first with ocf:ipsec-vip:strongswan (the README's configuration), then the DPD-only
+baseline: the same cluster moving only the VIPs while both nodes keep the connections loaded
+(swanctl --load-all everywhere, the keepalived way). The client is never re-initiated by the
+harness; the gap is the longest silence of a 20 ms UDP probe through the tunnel."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.common import summary
+from tests import cluster, lab
+
+PSK = "bench-failover-Hk3mQ9vT2xW7zR5nB8cD4fG6"
+
+
+def _wait_conns(c: cluster.Cluster, node: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if c.nodes[node].conns():
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"no connections loaded on {node}")
+
+
+def _load_all(c: cluster.Cluster, node: str, conf: str, timeout: float = 30) -> None:
+    """The baseline's node set-up: swanctl --load-all of the gateway config, once charon answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if c.nodes[node].on("swanctl", "--load-all", "--noprompt", "--file", conf, check=False).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"swanctl --load-all failed on {node}")
+
+
+def _holder(c: cluster.Cluster) -> str:
+    where = c.locate("vpn-vip")
+    if len(where) != 1:
+        raise RuntimeError(f"vpn-vip runs on {where}")
+    return where[0]
+
+
+def _measure(c: cluster.Cluster, event: Callable[[], object], to: str) -> dict[str, float]:
+    probe = cluster.Probe(c.work)
+    try:
+        probe.wait_flowing(time.monotonic() - 5, timeout=20)
+        t0 = time.monotonic()
+        event()
+        c.wait_located("vpn-vip", to, timeout=60)
+        t_vip = time.monotonic() - t0
+        first = probe.wait_flowing(time.monotonic(), timeout=40)
+        time.sleep(0.3)
+        return {"vip_moved_s": round(t_vip, 3), "traffic_back_s": round(first - t0, 3),
+                "gap_s": round(probe.gap(t0), 3)}
+    finally:
+        probe.stop()
+
+
+def _scenarios(c: cluster.Cluster, reps: int, conf: str, baseline: bool, log: Any) -> dict[str, list[dict[str, float]]]:
+    out: dict[str, list[dict[str, float]]] = {"planned move": [], "holder crash": []}
+    for i in range(reps):
+        h = _holder(c)
+        o = next(n for n in c.nodes if n != h)
+        log(f"    planned move {i + 1}/{reps}: standby {h}")
+        out["planned move"].append(_measure(c, lambda h=h: c.nodes[h].on("pcs", "node", "standby", h), o))
+        c.nodes[o].on("pcs", "node", "unstandby", h)
+    for i in range(reps):
+        h = _holder(c)
+        o = next(n for n in c.nodes if n != h)
+        log(f"    holder crash {i + 1}/{reps}: {h} dies")
+        out["holder crash"].append(_measure(c, lambda h=h: c.crash(h), o))
+        c.start_node(h)
+        c.wait_ready(90)
+        if baseline:
+            _load_all(c, h, conf)
+    return out
+
+
+def run(reps: int, log: Any) -> dict[str, Any]:
+    t0 = time.monotonic()
+    log("  building the two-node cluster (corosync token 1000 ms)")
+    c = cluster.Cluster.build(("gw1", "gw2"), token_ms=1000)
+    result: dict[str, Any] = {"token_ms": 1000, "reps": reps}
+    try:
+        conf = c.work / "swanctl.conf"
+        conf.write_text(cluster.GATEWAY_CONF % PSK)
+        conf.chmod(0o600)
+        for cmd in cluster.pcs_commands(str(conf)):
+            c.nodes["gw1"].on(*cmd)
+        h = c.wait_any("vpn")
+        _wait_conns(c, h)
+        if c.client is None:
+            raise RuntimeError("the lab has no client")
+        lab.client_load(c.client, PSK)
+        if not lab.client_initiate(c.client):
+            raise RuntimeError("the client could not connect")
+        log("  ocf:ipsec-vip:strongswan (README configuration)")
+        ours = _scenarios(c, reps, str(conf), False, log)
+        log("  DPD-only baseline: only the VIPs move, connections loaded on both nodes")
+        c.any_node().on("pcs", "resource", "delete", "vpn")
+        for name, node in c.nodes.items():
+            if node.alive:
+                _load_all(c, name, str(conf))
+        base = _scenarios(c, reps, str(conf), True, log)
+        for label, runs in (("ipsec-vip", ours), ("dpd-only", base)):
+            for scenario, samples in runs.items():
+                result.setdefault("rows", []).append({
+                    "setup": label, "scenario": scenario, "runs": samples,
+                    **{k: summary([s[k] * 1000 for s in samples]) for k in ("gap_s", "vip_moved_s")}})
+    finally:
+        c.destroy()
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    return result

@@ -1,0 +1,214 @@
+"""The benchmark's markdown table, scaling curves (if matplotlib is there) and the README section."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+OURS, SHELL, UPSTREAM = "ipsec-vip", "swanctl-agent", "ocf:heartbeat:ipsec"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def _rows(results: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    part = results.get(key)
+    if isinstance(part, list):
+        return part
+    if isinstance(part, dict):
+        return list(part.get("rows", []))
+    return []
+
+
+def _reason(results: dict[str, Any], key: str) -> str | None:
+    """Why a part has no numbers, or None."""
+    if key in results.get("skipped", []) or key not in results:
+        return "skipped in this run"
+    part = results[key]
+    if isinstance(part, dict) and not part.get("available", True):
+        return str(part.get("reason", "unknown"))
+    return None
+
+
+def _agent_row(results: dict[str, Any], agent: str, action: str, conns: int) -> dict[str, Any] | None:
+    key = "upstream" if agent == UPSTREAM else "agents"
+    return next((r for r in _rows(results, key) if r["agent"] == agent and r["action"] == action
+                 and r["conns"] == conns), None)
+
+
+def _med(row: dict[str, Any] | None) -> float | None:
+    return None if row is None else row.get("median")
+
+
+def _cell(row: dict[str, Any] | None, unit: str = "") -> str:
+    if row is None or row.get("median") is None:
+        return "—"
+    err = f" ({row['errors']} rc≠0)" if row.get("errors") else ""
+    return f"{row['median']:.1f} / {row['p90']:.1f}{unit}{err}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a is not None and b else "—"
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) — the compass."""
+    out: list[tuple[str, str, str]] = []
+    sizes = results.get("sizes", [])
+    small, big = (sizes[0], sizes[-1]) if sizes else (1, 1000)
+
+    def verdict(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("**met**" if ok else "**not met**")
+
+    m1, mbig = _med(_agent_row(results, OURS, "monitor", small)), _med(_agent_row(results, OURS, "monitor", big))
+    out.append(("monitor ≤ 25 ms median", f"{m1:.1f} ms @{small}, {mbig:.1f} ms @{big}" if m1 and mbig else "—",
+                verdict(None if m1 is None or mbig is None else max(m1, mbig) <= 25)))
+    out.append((f"monitor flat: @{big} ≤ 1.1× @{small}", _ratio(mbig, m1),
+                verdict(None if m1 is None or mbig is None else mbig <= 1.1 * m1)))
+    u1 = _med(_agent_row(results, UPSTREAM, "monitor", small))
+    why = _reason(results, "upstream")
+    out.append((f"monitor ≤ 5× upstream @{small} tunnel", f"{_ratio(m1, u1)} ({m1 or 0:.1f} vs {u1 or 0:.1f} ms)"
+                if m1 and u1 else f"upstream not measured: {why}", verdict(None if not m1 or not u1 else m1 <= 5 * u1)))
+    sbig = _med(_agent_row(results, OURS, "start", big))
+    lc = next((r for r in _rows(results, "load") if r["what"] == "swanctl --load-conns" and r["conns"] == big), None)
+    out.append((f"start @{big} conns ≤ 1.0× swanctl --load-conns of the same file",
+                f"{_ratio(sbig, _med(lc))} ({sbig or 0:.1f} vs {_med(lc) or 0:.1f} ms)" if sbig and _med(lc) else "—",
+                verdict(None if not sbig or not _med(lc) else sbig <= _med(lc))))  # type: ignore[operator]
+    w = _reason(results, "watch")
+    wrow = next((r for r in _rows(results, "watch") if "added" in r["what"] and r["conns"] == big), None)
+    lib = next((r for r in _rows(results, "load") if r["what"] == "library: control.start" and r["conns"] == big), None)
+    if wrow and _med(wrow) is not None and lib:
+        limit = 50 + lib["median"]
+        out.append((f"watch reaction ≤ 50 ms + load time (@{big}: ≤ {limit:.0f} ms)", f"{wrow['median']:.1f} ms",
+                    verdict(wrow["median"] <= limit)))
+    else:
+        out.append(("watch reaction ≤ 50 ms + load time", f"not available: {w or 'no data'}", "not measured"))
+    fo = _rows(results, "failover")
+    token = results.get("failover", {}).get("token_ms", 1000) if isinstance(results.get("failover"), dict) else 1000
+    for scenario, limit, label in (("planned move", 500.0, "planned-move client gap ≤ 0.5 s"),
+                                   ("holder crash", token + 2000.0, f"holder-crash gap ≤ token ({token} ms) + 2 s")):
+        r = next((x for x in fo if x["setup"] == OURS and x["scenario"] == scenario), None)
+        if r is None:
+            out.append((label, f"not measured: {_reason(results, 'failover') or 'no data'}", "not measured"))
+            continue
+        gaps = r["gap_s"]
+        out.append((label, f"median {gaps['median'] / 1000:.2f} s, max {gaps['max'] / 1000:.2f} s (n={gaps['n']})",
+                    verdict(gaps["max"] <= limit)))
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    sizes = results.get("sizes", [])
+    lines = [f"Measured {results['date']} on {m['cpu']}, {m['nproc']} CPUs, kernel {m['kernel']}, "
+             f"Python {m['python']}, strongSwan {m['strongswan']}; load average {m['loadavg_start']:.2f} at the "
+             f"start, {m.get('loadavg_end', 0):.2f} at the end (other jobs shared the machine: compare ratios, "
+             "not absolutes). "
+             f"`make bench` took {results.get('total_seconds', 0):.0f} s.", "",
+             "**Targets**", "", "| target | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {t} | {v} | {ok} |" for t, v, ok in targets(results)]
+    n = results.get("runs")
+    lines += ["", f"**Agent actions**, whole process (fork+exec as pacemaker-execd does), ms median / p90 of {n} runs "
+              "after a warm-up. ipsec-vip and the swanctl agent manage all N connections in one resource; the "
+              "upstream agent manages one tunnel (rw-0001) while pluto holds N.", ""]
+    up_reason = _reason(results, "upstream")
+    up_head = UPSTREAM + " + libreswan" if not up_reason else f"{UPSTREAM} (not measured: {up_reason})"
+    lines += [f"| action | conns | ipsec-vip | swanctl-agent.sh | {up_head} | ours ÷ swanctl | ours ÷ upstream |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    agents_reason = _reason(results, "agents")
+    if agents_reason:
+        lines.append(f"| all | — | not measured: {agents_reason} | | | | |")
+    for action in ("monitor", "start", "stop"):
+        for c in sizes:
+            o, s, u = (_agent_row(results, a, action, c) for a in (OURS, SHELL, UPSTREAM))
+            lines.append(f"| {action} | {c} | {_cell(o)} | {_cell(s)} | {_cell(u)} | {_ratio(_med(o), _med(s))} | "
+                         f"{_ratio(_med(o), _med(u))} |")
+    for c in sizes[:1]:
+        md = _agent_row(results, OURS, "meta-data", c)
+        if md:
+            lines.append(f"| meta-data (floor: start-up + imports) | any | {_cell(md)} | | | | |")
+    fl = results.get("floors", [])
+    if fl:
+        lines += ["", "Start-up floors: " + "; ".join(f"{r['what']} {r['median']:.1f} ms" for r in fl) + "."]
+    lines += ["", "**Load throughput**: connections loaded per second (median run).", "",
+              "| conns | how | median / p90 ms | conns/s |", "|---:|---|---:|---:|"]
+    lr = _reason(results, "load")
+    if lr:
+        lines.append(f"| — | not measured: {lr} | | |")
+    for r in _rows(results, "load"):
+        if r["what"] == "library: control.stop":
+            continue
+        lines.append(f"| {r['conns']} | {r['what']} ({r['process']}) | {_cell(r)} | {r.get('conns_per_s') or '—'} |")
+    for c in sizes:
+        o = _agent_row(results, OURS, "start", c)
+        if o and c > 1:
+            lines.append(f"| {c} | ocf:ipsec-vip:strongswan start (whole process) | {_cell(o)} | "
+                         f"{round(c / (o['median'] / 1000)) if o['median'] else '—'} |")
+    lines += ["", "**Reaction**: address event → connections loaded (ms, median / p90).", "",
+              "| what | conns | median / p90 ms |", "|---|---:|---:|"]
+    wr = _reason(results, "watch")
+    if wr:
+        lines.append(f"| ipsec-vip watch | — | not available: {wr} |")
+    for key in ("watch", "keepalived"):
+        for r in _rows(results, key):
+            extra = f" ({'; '.join(r['problems'])})" if r.get("problems") else ""
+            lines.append(f"| {r['what']}{extra} | {r['conns']} | {_cell(r)} |")
+    kr = _reason(results, "keepalived")
+    if kr:
+        lines.append(f"| charon restart + swanctl --load-all | — | not measured: {kr} |")
+    lines += ["", "**Failover** on the two-node Pacemaker lab (corosync token 1000 ms; the client is never "
+              "re-initiated by the harness). Gap = longest silence of a 20 ms UDP probe through the tunnel.", "",
+              "| setup | scenario | client gap: each run (s) | VIP moved after (s) |", "|---|---|---|---|"]
+    fr = _reason(results, "failover")
+    if fr:
+        lines.append(f"| — | not measured: {fr} | | |")
+    for r in _rows(results, "failover"):
+        setup = ("ocf:ipsec-vip:strongswan" if r["setup"] == OURS else
+                 "DPD-only baseline (conns on both nodes, only the VIP moves)")
+        gaps = ", ".join(f"{x['gap_s']:.2f}" for x in r["runs"])
+        moved = ", ".join(f"{x['vip_moved_s']:.2f}" for x in r["runs"])
+        lines.append(f"| {setup} | {r['scenario']} | {gaps} | {moved} |")
+    if isinstance(results.get("upstream"), dict) and results["upstream"].get("versions"):
+        lines += ["", f"Upstream peer: {results['upstream']['versions']} in a Debian 12 root (chroot inside a "
+                  "namespace). Section times (s): " + ", ".join(f"{k} {v}" for k, v in
+                                                               results.get("section_seconds", {}).items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict[str, Any], out: Path) -> list[str]:
+    """Scaling curves (median ms against connections) as PNG, if matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    sizes = results.get("sizes", [])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, action in zip(axes, ("monitor", "start", "stop")):
+        for agent in (OURS, SHELL, UPSTREAM):
+            pts = [(c, _med(_agent_row(results, agent, action, c))) for c in sizes]
+            pts = [(c, v) for c, v in pts if v is not None]
+            if pts:
+                ax.plot([c for c, _ in pts], [v for _, v in pts], marker="o", label=agent)
+        ax.set_xscale("log")
+        ax.set_title(action)
+        ax.set_xlabel("connections loaded")
+        ax.set_ylabel("ms (median, whole process)")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"agent actions, {results['date']}")
+    fig.tight_layout()
+    path = out / "latest.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return [path.name]
+
+
+def update_readme(readme: Path, results: dict[str, Any], md: str) -> None:
+    """Replace the text between the bench markers with the latest table."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        return
+    body = f"{BEGIN}\n{md}\nRaw samples: `bench/results/latest.json`.\n{END}"
+    readme.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: body, text, flags=re.S))
