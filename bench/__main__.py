@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -28,10 +27,10 @@ def machine() -> dict[str, Any]:
     cpu = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    swan = subprocess.run(["/usr/sbin/swanctl", "--version"], capture_output=True, text=True, check=False)
-    version = re.search(r"strongSwan swanctl (\S+)", swan.stdout + swan.stderr)
+    swan = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "strongswan-charon"], capture_output=True,
+                          text=True, check=False).stdout
     return {"cpu": cpu or platform.processor(), "nproc": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "strongswan": version.group(1) if version else "?",
+            "python": platform.python_version(), "strongswan": swan or "?",
             "loadavg_start": os.getloadavg()[0]}
 
 
