@@ -41,10 +41,9 @@ def floors(runs: int) -> list[dict[str, Any]]:
                       ("agent venv python3", str(common.AGENT_VENV / "bin" / "python3")),
                       ("development venv python3 (editable install)", sys.executable)):
         res = common.timeit([], [py, "-c", "pass"], runs + 1, {"PATH": "/usr/bin:/bin"})
-        samples, _ = common.drop_warmup(res["run"])
-        rows.append({"what": f"{label} -c pass", **common.summary(samples)})
+        rows.append(common.row(res["run"], what=f"{label} -c pass"))
     res = common.timeit([], ["/bin/sh", "-c", ":"], runs + 1, {"PATH": "/usr/bin:/bin"})
-    rows.append({"what": "/bin/sh -c :", **common.summary(common.drop_warmup(res["run"])[0])})
+    rows.append(common.row(res["run"], what="/bin/sh -c :"))
     return rows
 
 

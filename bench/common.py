@@ -98,30 +98,41 @@ def venv_path() -> str:
     return f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+Run = tuple[float, int, float]  # wall ms, exit code, cpu ms
+
+
 def timeit(prefix: list[str], cmd: list[str], runs: int, env: dict[str, str], *, actions: str = "",
-           between: str = "", script: str = str(TIMEIT), timeout: float = 600) -> dict[str, list[tuple[float, int]]]:
+           between: str = "", script: str = str(TIMEIT), timeout: float = 600) -> dict[str, list[Run]]:
     """Run ``cmd`` ``runs`` times through timeit.sh (behind ``prefix``, e.g. ip netns exec;
     ``script`` is timeit.sh's path as the prefix sees it).
 
     ``actions`` ("stop start") appends each action in turn; ``between`` runs untimed before each run.
-    Returns label -> [(ms, rc)]; the label is the action, else "run".
+    Returns label -> [(wall ms, rc, cpu ms)]; the label is the action, else "run".
     """
     # the environment goes on the command line: a prefix may start from an empty one (chroot env -i)
     assign = [f"{k}={v}" for k, v in {**env, "TIMEIT_ACTIONS": actions, "TIMEIT_BETWEEN": between}.items()]
     p = subprocess.run([*prefix, "/usr/bin/env", *assign, "/bin/bash", script, str(runs), *cmd],
                        capture_output=True, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                        timeout=timeout, check=True)
-    out: dict[str, list[tuple[float, int]]] = {}
+    out: dict[str, list[Run]] = {}
     for line in p.stdout.splitlines():
-        label, us, rc = line.split()
-        out.setdefault(label, []).append((int(us) / 1000.0, int(rc)))
+        label, us, rc, cpu = line.split()
+        out.setdefault(label, []).append((int(us) / 1000.0, int(rc), int(cpu) / 1000.0))
     return out
 
 
-def drop_warmup(runs: list[tuple[float, int]], warmup: int = 1) -> tuple[list[float], int]:
-    """Samples after the warm-up, and how many of them exited non-zero."""
+def drop_warmup(runs: list[Run], warmup: int = 1) -> tuple[list[float], int]:
+    """Wall samples after the warm-up, and how many of them exited non-zero."""
     kept = runs[warmup:]
-    return [ms for ms, _ in kept], sum(1 for _, rc in kept if rc != 0)
+    return [ms for ms, _, _ in kept], sum(1 for _, rc, _ in kept if rc != 0)
+
+
+def row(runs: list[Run], **fields: Any) -> dict[str, Any]:
+    """A result row: wall statistics, non-zero exits, and the CPU median, after the warm-up."""
+    samples, bad = drop_warmup(runs)
+    cpu = summary([c for _, _, c in runs[1:]])
+    return {**fields, "errors": bad, **summary(samples), "cpu_median": cpu["median"],
+            "cpu_samples": cpu["samples"]}
 
 
 def netns_prefix(netns: str) -> list[str]:

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    AGENT_VENV,
     ROOT,
     SWANCTL_AGENT,
     VIP,
-    drop_warmup,
     netns_prefix,
+    row,
     summary,
     swanctl_conf,
     timeit,
@@ -90,17 +91,14 @@ def agents(bed: Bed, sizes: list[int], runs: int, log: Any, importtime: dict[int
                 raise RuntimeError(f"{name} start loaded {loaded} conns, expected {n}")
             if name == "ipsec-vip":
                 res = timeit(prefix, [str(path), "meta-data"], runs + 1, env)
-                samples, bad = drop_warmup(res["run"])
-                rows.append({"agent": name, "action": "meta-data", "conns": n, "errors": bad, **summary(samples)})
+                rows.append(row(res["run"], agent=name, action="meta-data", conns=n))
             res = timeit(prefix, [str(path), "monitor"], runs + 1, env)
-            samples, bad = drop_warmup(res["run"])
-            rows.append({"agent": name, "action": "monitor", "conns": n, "errors": bad, **summary(samples)})
+            rows.append(row(res["run"], agent=name, action="monitor", conns=n))
             if name == "ipsec-vip" and n == sizes[-1]:
                 importtime[n] = python_importtime(env, bed.netns)
             res = timeit(prefix, [str(path)], runs + 1, env, actions="stop start")
             for action in ("start", "stop"):
-                samples, bad = drop_warmup(res[action])
-                rows.append({"agent": name, "action": action, "conns": n, "errors": bad, **summary(samples)})
+                rows.append(row(res[action], agent=name, action=action, conns=n))
             if timeit(prefix, [str(path), "stop"], 1, env)["run"][0][1] != 0 or bed.charon.conns():
                 raise RuntimeError(f"{name} stop with {n} conns left connections loaded")
     return rows
@@ -124,9 +122,7 @@ def load(bed: Bed, sizes: list[int], runs: int, log: Any) -> list[dict[str, Any]
         res = timeit(netns_prefix(bed.netns), ["/usr/sbin/swanctl", "--load-conns", "--file", str(conf), "--uri", uri],
                      runs + 1, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                      between=f"/usr/sbin/swanctl --load-conns --file {empty} --uri {uri}")
-        samples, bad = drop_warmup(res["run"])
-        rows.append({"what": "swanctl --load-conns", "conns": n, "process": "whole process", "errors": bad,
-                     **summary(samples)})
+        rows.append(row(res["run"], what="swanctl --load-conns", conns=n, process="whole process"))
         lab.run(lab.SWANCTL, "--load-conns", "--file", str(empty), "--uri", uri)
     for r in rows:
         r["conns_per_s"] = round(r["conns"] / (r["median"] / 1000.0)) if r["median"] else None
@@ -239,7 +235,9 @@ def keepalived(bed: Bed, sizes: list[int], runs: int, log: Any) -> list[dict[str
 
 def python_importtime(env: dict[str, str], netns: str) -> str:
     """The agent's monitor under python -X importtime: the 12 most expensive imports (cumulative)."""
-    p = lab.in_ns(netns, sys.executable, "-X", "importtime", str(AGENT), "monitor", env=env, check=False)
+    python = AGENT_VENV / "bin" / "python3"
+    p = lab.in_ns(netns, str(python if python.exists() else sys.executable), "-X", "importtime", str(AGENT),
+                  "monitor", env=env, check=False)
     rows = []
     for line in p.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:

@@ -39,6 +39,10 @@ def _med(row: dict[str, Any] | None) -> float | None:
     return None if row is None else row.get("median")
 
 
+def _cpu(row: dict[str, Any] | None) -> float | None:
+    return None if row is None else row.get("cpu_median")
+
+
 def _cell(row: dict[str, Any] | None, unit: str = "") -> str:
     if row is None or row.get("median") is None:
         return "—"
@@ -66,8 +70,10 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 verdict(None if m1 is None or mbig is None else mbig <= 1.1 * m1)))
     u1 = _med(_agent_row(results, UPSTREAM, "monitor", small))
     why = _reason(results, "upstream")
-    out.append((f"monitor ≤ 5× upstream @{small} tunnel", f"{_ratio(m1, u1)} ({m1 or 0:.1f} vs {u1 or 0:.1f} ms)"
-                if m1 and u1 else f"upstream not measured: {why}", verdict(None if not m1 or not u1 else m1 <= 5 * u1)))
+    c1, cu = _cpu(_agent_row(results, OURS, "monitor", small)), _cpu(_agent_row(results, UPSTREAM, "monitor", small))
+    out.append((f"monitor ≤ 5× upstream @{small} tunnel", f"{_ratio(m1, u1)} ({m1 or 0:.1f} vs {u1 or 0:.1f} ms); "
+                f"CPU {_ratio(c1, cu)}" if m1 and u1 else f"upstream not measured: {why}",
+                verdict(None if not m1 or not u1 else m1 <= 5 * u1)))
     sbig = _med(_agent_row(results, OURS, "start", big))
     lc = next((r for r in _rows(results, "load") if r["what"] == "swanctl --load-conns" and r["conns"] == big), None)
     out.append((f"start @{big} conns ≤ 1.0× swanctl --load-conns of the same file",
@@ -126,9 +132,22 @@ def markdown(results: dict[str, Any]) -> str:
         md = _agent_row(results, OURS, "meta-data", c)
         if md:
             lines.append(f"| meta-data (floor: start-up + imports) | any | {_cell(md)} | | | | |")
+    lines += ["", "**Agent-side CPU**, ms (median user+system time of the agent and every process it forks, "
+              "not of charon/pluto; much less disturbed by other load than wall time).", "",
+              f"| action | conns | ipsec-vip | swanctl-agent.sh | {UPSTREAM} | ours ÷ swanctl | ours ÷ upstream |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for action in ("monitor", "start", "stop"):
+        for c in sizes:
+            o, s, u = (_cpu(_agent_row(results, a, action, c)) for a in (OURS, SHELL, UPSTREAM))
+            cells = " | ".join("—" if v is None else f"{v:.1f}" for v in (o, s, u))
+            lines.append(f"| {action} | {c} | {cells} | {_ratio(o, s)} | {_ratio(o, u)} |")
+    md_row = _agent_row(results, OURS, "meta-data", sizes[0]) if sizes else None
+    if md_row and md_row.get("cpu_median") is not None:
+        lines.append(f"| meta-data | any | {md_row['cpu_median']:.1f} | | | | |")
     fl = results.get("floors", [])
     if fl:
-        lines += ["", "Start-up floors: " + "; ".join(f"{r['what']} {r['median']:.1f} ms" for r in fl) + "."]
+        lines += ["", "Start-up floors (wall / CPU ms): " + "; ".join(
+            f"{r['what']} {r['median']:.1f} / {r.get('cpu_median') or 0:.1f}" for r in fl) + "."]
     lines += ["", "**Load throughput**: connections loaded per second (median run).", "",
               "| conns | how | median / p90 ms | conns/s |", "|---:|---|---:|---:|"]
     lr = _reason(results, "load")

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import GW_IP, HERE, VIP, drop_warmup, summary, timeit
+from bench.common import GW_IP, HERE, VIP, row, timeit
 from tests import lab
 
 RA = "/usr/lib/ocf/resource.d/heartbeat/ipsec"
@@ -149,14 +149,10 @@ def agents(root: str, sizes: list[int], runs: int, log: Any) -> dict[str, Any]:
             up.gen(n)
             up.start_pluto(n)
             res = timeit(up.prefix, [RA, "monitor"], runs + 1, env, script=script)
-            samples, bad = drop_warmup(res["run"])
-            rows.append({"agent": "ocf:heartbeat:ipsec", "action": "monitor", "conns": n, "errors": bad,
-                         **summary(samples)})
+            rows.append(row(res["run"], agent="ocf:heartbeat:ipsec", action="monitor", conns=n))
             res = timeit(up.prefix, [RA], runs + 1, env, actions="stop start", script=script)
             for action in ("start", "stop"):
-                samples, bad = drop_warmup(res[action])
-                rows.append({"agent": "ocf:heartbeat:ipsec", "action": action, "conns": n, "errors": bad,
-                             **summary(samples)})
+                rows.append(row(res[action], agent="ocf:heartbeat:ipsec", action=action, conns=n))
             up.stop_pluto()
         return {"available": True, "versions": up.versions(), "rows": rows}
     finally:
