@@ -231,3 +231,22 @@ def update_readme(readme: Path, results: dict[str, Any], md: str) -> None:
         return
     body = f"{BEGIN}\n{md}\nRaw samples: `bench/results/latest.json`.\n{END}"
     readme.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: body, text, flags=re.S))
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench.report RESULTS.json``: redraw the table (and the PNG, with matplotlib)."""
+    import json
+
+    path = Path(argv[1] if len(argv) > 1 else Path(__file__).parent / "results" / "latest.json")
+    results = json.loads(path.read_text())
+    md = markdown(results)
+    path.with_suffix(".md").write_text(md)
+    print(md)
+    print("drawn:", ", ".join(plots(results, path.parent)) or "nothing (matplotlib not installed)")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv))
