@@ -148,6 +148,9 @@ def markdown(results: dict[str, Any]) -> str:
     if fl:
         lines += ["", "Start-up floors (wall / CPU ms): " + "; ".join(
             f"{r['what']} {r['median']:.1f} / {r.get('cpu_median') or 0:.1f}" for r in fl) + "."]
+    for n, text in sorted(results.get("importtime", {}).items(), key=lambda kv: int(kv[0])):
+        top = "; ".join(" ".join(line.split()[::-1][:1] + line.split()[:2]) for line in text.splitlines()[:8])
+        lines += ["", f"Imports of ours' monitor (`python -X importtime`, cumulative, @{n}): {top}."]
     lines += ["", "**Load throughput**: connections loaded per second (median run).", "",
               "| conns | how | median / p90 ms | conns/s |", "|---:|---|---:|---:|"]
     lr = _reason(results, "load")
