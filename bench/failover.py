@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,18 @@ def _holder(c: cluster.Cluster) -> str:
     return where[0]
 
 
-def _measure(c: cluster.Cluster, event: Callable[[], object], to: str) -> dict[str, float]:
+def _dc(c: cluster.Cluster) -> str:
+    """The designated controller's node name ('' if unknown)."""
+    out = c.any_node().on("crm_mon", "-1", "--output-as=xml", check=False).stdout
+    with contextlib.suppress(ET.ParseError):
+        dc = ET.fromstring(out).find(".//current_dc")  # noqa: S314 (our own lab's crm_mon)
+        if dc is not None:
+            return dc.get("name") or ""
+    return ""
+
+
+def _measure(c: cluster.Cluster, event: Callable[[], object], to: str) -> dict[str, Any]:
+    dc = _dc(c)
     probe = cluster.Probe(c.work)
     try:
         probe.wait_flowing(time.monotonic() - 5, timeout=20)
@@ -55,13 +67,13 @@ def _measure(c: cluster.Cluster, event: Callable[[], object], to: str) -> dict[s
         first = probe.wait_flowing(time.monotonic(), timeout=40)
         time.sleep(0.3)
         return {"vip_moved_s": round(t_vip, 3), "traffic_back_s": round(first - t0, 3),
-                "gap_s": round(probe.gap(t0), 3)}
+                "gap_s": round(probe.gap(t0), 3), "dc_before": dc}
     finally:
         probe.stop()
 
 
-def _scenarios(c: cluster.Cluster, reps: int, conf: str, baseline: bool, log: Any) -> dict[str, list[dict[str, float]]]:
-    out: dict[str, list[dict[str, float]]] = {"planned move": [], "holder crash": []}
+def _scenarios(c: cluster.Cluster, reps: int, conf: str, baseline: bool, log: Any) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {"planned move": [], "holder crash": []}
     for i in range(reps):
         h = _holder(c)
         o = next(n for n in c.nodes if n != h)
@@ -72,7 +84,9 @@ def _scenarios(c: cluster.Cluster, reps: int, conf: str, baseline: bool, log: An
         h = _holder(c)
         o = next(n for n in c.nodes if n != h)
         log(f"    holder crash {i + 1}/{reps}: {h} dies")
-        out["holder crash"].append(_measure(c, lambda h=h: c.crash(h), o))
+        run = _measure(c, lambda h=h: c.crash(h), o)
+        run["dc_crashed"] = run["dc_before"] == h
+        out["holder crash"].append(run)
         c.start_node(h)
         c.wait_ready(90)
         if baseline:

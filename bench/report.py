@@ -186,7 +186,7 @@ def markdown(results: dict[str, Any]) -> str:
     for r in _rows(results, "failover"):
         setup = ("ocf:ipsec-vip:strongswan" if r["setup"] == OURS else
                  "DPD-only baseline (conns on both nodes, only the VIP moves)")
-        gaps = ", ".join(f"{x['gap_s']:.2f}" for x in r["runs"])
+        gaps = ", ".join(f"{x['gap_s']:.2f}" + (" (DC died)" if x.get("dc_crashed") else "") for x in r["runs"])
         moved = ", ".join(f"{x['vip_moved_s']:.2f}" for x in r["runs"])
         lines.append(f"| {setup} | {r['scenario']} | {gaps} | {moved} |")
     if isinstance(results.get("upstream"), dict) and results["upstream"].get("versions"):
