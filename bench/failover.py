@@ -84,7 +84,7 @@ def _scenarios(c: cluster.Cluster, reps: int, conf: str, baseline: bool, log: An
         h = _holder(c)
         o = next(n for n in c.nodes if n != h)
         if i % 2 == 1 and _dc(c) == h:  # every other crash: the holder is not the DC (crash gaps differ)
-            log(f"    moving the VIP to {o} first: not the DC")
+            log(f"    moving the VIP to {o} first, so that the holder is not the DC")
             c.nodes[h].on("pcs", "resource", "move", "vpn-group", o)
             c.wait_located("vpn-vip", o, timeout=60)
             c.nodes[h].on("pcs", "resource", "clear", "vpn-group")
