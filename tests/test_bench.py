@@ -1,0 +1,58 @@
+"""The benchmark's arithmetic and verdicts (no daemons): a part that was not measured must never
+read as met, and the statistics are the documented ones."""
+
+from __future__ import annotations
+
+from bench import common, report
+
+
+def test_summary_median_and_nearest_rank_p90():
+    s = common.summary([5.0, 1.0, 4.0, 2.0, 3.0, 10.0, 6.0, 7.0, 8.0, 9.0])
+    assert s["n"] == 10
+    assert s["median"] == 5.5  # mean of the middle two
+    assert s["p90"] == 9.0  # rank ceil(0.9 * 10) = 9
+    assert (s["min"], s["max"]) == (1.0, 10.0)
+    assert common.summary([])["median"] is None
+
+
+def test_row_drops_the_warm_up_and_counts_failures():
+    r = common.row([(100.0, 0, 90.0), (2.0, 0, 1.0), (3.0, 1, 2.0), (4.0, 0, 3.0)], agent="x")
+    assert r["n"] == 3 and r["median"] == 3.0 and r["errors"] == 1 and r["cpu_median"] == 2.0
+
+
+def test_swanctl_conf_has_n_vip_bound_connections():
+    text = common.swanctl_conf(3)
+    assert text.count("local_addrs = 192.0.2.100") == 3
+    assert "rw-0003 {" in text and "rw-0004" not in text
+
+
+def _agent(agent: str, action: str, conns: int, median: float) -> dict:
+    return {"agent": agent, "action": action, "conns": conns, "median": median, "p90": median, "errors": 0,
+            "cpu_median": median}
+
+
+def _results(**parts) -> dict:
+    base = {"date": "d", "sizes": [1, 1000], "runs": 20, "skipped": [],
+            "machine": {"cpu": "c", "nproc": 2, "kernel": "k", "python": "p", "strongswan": "s",
+                        "loadavg_start": 0.0, "loadavg_end": 0.0}}
+    return {**base, **parts}
+
+
+def test_missing_parts_are_not_measured_never_met():
+    v = report.targets(_results(upstream={"available": False, "reason": "debootstrap failed", "rows": []},
+                                watch={"available": False, "reason": "no watch", "rows": []}))
+    assert all(verdict == "not measured" for _, _, verdict in v)
+    md = report.markdown(_results(upstream={"available": False, "reason": "debootstrap failed", "rows": []}))
+    assert "not measured: debootstrap failed" in md
+
+
+def test_targets_against_numbers():
+    agents = [_agent("ipsec-vip", "monitor", 1, 20.0), _agent("ipsec-vip", "monitor", 1000, 23.0),
+              _agent("ipsec-vip", "start", 1000, 150.0)]
+    upstream = {"available": True, "rows": [_agent("ocf:heartbeat:ipsec", "monitor", 1, 5.0)]}
+    load = [{"what": "swanctl --load-conns", "conns": 1000, "median": 160.0, "p90": 170.0}]
+    v = {t: verdict for t, _, verdict in report.targets(_results(agents=agents, upstream=upstream, load=load))}
+    assert v["monitor ≤ 25 ms median"] == "**met**"
+    assert v["monitor flat: @1000 ≤ 1.1× @1"] == "**not met**"  # 23 > 22
+    assert v["monitor ≤ 5× upstream @1 tunnel"] == "**met**"  # 4 times
+    assert v["start @1000 conns ≤ 1.0× swanctl --load-conns of the same file"] == "**met**"
