@@ -212,7 +212,8 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
             pts = [(c, _med(_agent_row(results, agent, action, c))) for c in sizes]
             pts = [(c, v) for c, v in pts if v is not None]
             if pts:
-                ax.plot([c for c, _ in pts], [v for _, v in pts], marker="o", label=agent)
+                label = f"{agent} (one tunnel of N)" if agent == UPSTREAM else agent
+                ax.plot([c for c, _ in pts], [v for _, v in pts], marker="o", label=label)
         ax.set_xscale("log")
         ax.set_title(action)
         ax.set_xlabel("connections loaded")
