@@ -140,6 +140,12 @@ def watch_command() -> list[str] | None:
     return [sys.executable, "-m", "ipsec_vip.cli", "watch"]
 
 
+def _watch_options(cmd: list[str], state: str) -> list[str]:
+    """Options this watch understands beyond the contract's: a private state directory."""
+    p = subprocess.run([*cmd, "--help"], capture_output=True, text=True, cwd=str(ROOT), timeout=30, check=False)
+    return ["--state-dir", state] if "--state-dir" in p.stdout else []
+
+
 def _wait_conns(bed: Bed, want: int, timeout: float, poll: float = 0.002) -> float | None:
     """Monotonic time when charon lists ``want`` conns (get-conns on one session), or None."""
     end = time.monotonic() + timeout
@@ -165,7 +171,9 @@ def watch(bed: Bed, sizes: list[int], runs: int, log: Any) -> dict[str, Any]:
                "HA_RSCTMP": bed.rsctmp(f"watch-{n}")}
         with open(bed.dir / f"watch-{n}.log", "wb") as out:
             proc = subprocess.Popen([*netns_prefix(bed.netns), *cmd, "--vip", VIP, "--config", str(conf),
-                                     "--vici-socket", bed.charon.uri], stdout=out, stderr=subprocess.STDOUT,
+                                     "--vici-socket", bed.charon.uri,
+                                     *_watch_options(cmd, bed.rsctmp(f"watch-state-{n}"))],
+                                    stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env, cwd=str(ROOT))
         react, gone, problems = [], [], []
         try:
