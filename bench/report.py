@@ -165,7 +165,8 @@ def markdown(results: dict[str, Any]) -> str:
         if o and c > 1:
             lines.append(f"| {c} | ocf:ipsec-vip:strongswan start (whole process) | {_cell(o)} | "
                          f"{round(c / (o['median'] / 1000)) if o['median'] else '—'} |")
-    lines += ["", "**Reaction**: address event → connections loaded (ms, median / p90).", "",
+    lines += ["", "**Reaction**: address event → connections listed by charon (ms, median / p90; timed from just "
+              "before the `ip addr` or the charon restart, polled with get-conns every 2 ms).", "",
               "| what | conns | median / p90 ms |", "|---|---:|---:|"]
     wr = _reason(results, "watch")
     if wr:
