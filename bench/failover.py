@@ -107,7 +107,7 @@ def run(reps: int, log: Any) -> dict[str, Any]:
     result: dict[str, Any] = {"token_ms": 1000, "reps": reps}
     try:
         conf = c.work / "swanctl.conf"
-        conf.write_text(cluster.GATEWAY_CONF % PSK)
+        conf.write_text(lab.GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})
         conf.chmod(0o600)
         for cmd in cluster.pcs_commands(str(conf)):
             c.nodes["gw1"].on(*cmd)
