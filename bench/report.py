@@ -66,7 +66,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     m1, mbig = _med(_agent_row(results, OURS, "monitor", small)), _med(_agent_row(results, OURS, "monitor", big))
     out.append(("monitor ≤ 25 ms median", f"{m1:.1f} ms @{small}, {mbig:.1f} ms @{big}" if m1 and mbig else "—",
                 verdict(None if m1 is None or mbig is None else max(m1, mbig) <= 25)))
-    out.append((f"monitor flat: @{big} ≤ 1.1× @{small}", _ratio(mbig, m1),
+    cpu1, cpubig = _cpu(_agent_row(results, OURS, "monitor", small)), _cpu(_agent_row(results, OURS, "monitor", big))
+    out.append((f"monitor flat: @{big} ≤ 1.1× @{small}", f"{_ratio(mbig, m1)}; CPU {_ratio(cpubig, cpu1)}",
                 verdict(None if m1 is None or mbig is None else mbig <= 1.1 * m1)))
     u1 = _med(_agent_row(results, UPSTREAM, "monitor", small))
     why = _reason(results, "upstream")
