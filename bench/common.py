@@ -75,15 +75,16 @@ AGENT_VENV = CACHE / "venv"
 
 def agent_venv(log: Any) -> Path:
     """Create (once) the agent's venv with the package's dependencies; point it at this tree."""
-    py = AGENT_VENV / "bin" / "python3"
-    if not (AGENT_VENV / ".deps-installed").exists():
-        import tomllib
+    import tomllib
 
-        deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    py = AGENT_VENV / "bin" / "python3"
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    marker = AGENT_VENV / ".deps-installed"
+    if not marker.exists() or marker.read_text() != "\n".join(deps):
         log(f"  creating {AGENT_VENV} with {', '.join(deps)}")
-        subprocess.run(["/usr/bin/python3", "-m", "venv", str(AGENT_VENV)], check=True, timeout=300)
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--clear", str(AGENT_VENV)], check=True, timeout=300)
         subprocess.run([str(py), "-m", "pip", "install", "-q", *deps], check=True, timeout=900)
-        (AGENT_VENV / ".deps-installed").touch()
+        marker.write_text("\n".join(deps))
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     (Path(site) / "ipsec-vip-bench.pth").write_text(f"{ROOT}\n")
