@@ -54,7 +54,7 @@ class Watch:
         threading.Thread(target=self._read_notifications, daemon=True).start()
         environ = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": ROOT,
                    "NOTIFY_SOCKET": str(self.notify_path), **(env or {})}
-        with open(self.log_path, "ab") as log:
+        with open(self.log_path, "wb") as log:  # one log per watcher: a later one starts it afresh
             self.proc = subprocess.Popen(
                 [lab.IP, "netns", "exec", netns, *prefix, sys.executable, "-m", "ipsec_vip.cli", "-v", "watch", *args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environ, cwd=ROOT)
