@@ -7,7 +7,6 @@ left running, even with a broken configuration or a dead charon.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 
@@ -24,11 +23,10 @@ from ipsec_vip.errors import (
     ViciError,
     ViciUnreachable,
 )
+from ipsec_vip.log import log
 from ipsec_vip.params import DEFAULT_CONFIG, Params, parse
 from ipsec_vip.state import StateDir
 from ipsec_vip.vici_session import DEFAULT_SOCKET
-
-log = logging.getLogger("ipsec-vip")
 
 DEFAULT_TIMEOUT = {"start": 30, "stop": 30, "monitor": 20, "validate-all": 20}
 

@@ -14,7 +14,6 @@ leave) so nothing of ours is left.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,11 +28,10 @@ from ipsec_vip.errors import (
     ViciCommandError,
     ViciUnreachable,
 )
+from ipsec_vip.log import log
 from ipsec_vip.params import Params
 from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import Vici
-
-log = logging.getLogger("ipsec-vip")
 
 _MAX_MESSAGE = 480 * 1024  # charon drops VICI requests over 512 KiB
 _FALSE = {"no", "false", "disabled", "0", "off"}

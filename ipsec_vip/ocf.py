@@ -7,33 +7,23 @@ OCF code or raises an :class:`~ipsec_vip.errors.IpsecVipError`, whose
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import syslog
 from collections.abc import Mapping, Sequence
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from ipsec_vip.errors import OCF_ERR_GENERIC, OCF_ERR_UNIMPLEMENTED, OCF_SUCCESS, IpsecVipError
+from ipsec_vip.log import DEBUG, INFO, log
 
-log = logging.getLogger("ipsec-vip")
+if TYPE_CHECKING:
+    import logging
 
 _FACILITIES = {name: getattr(syslog, "LOG_" + name.upper()) for name in (
     "auth", "authpriv", "cron", "daemon", "kern", "lpr", "mail", "news", "syslog", "user", "uucp",
     "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7")}
-_PRIORITY = {logging.DEBUG: syslog.LOG_DEBUG, logging.INFO: syslog.LOG_INFO, logging.WARNING: syslog.LOG_WARNING,
-             logging.ERROR: syslog.LOG_ERR, logging.CRITICAL: syslog.LOG_CRIT}
-
-
-class _Syslog(logging.Handler):
-    """syslog(3) through the C module: logging.handlers costs 7 ms to import, per action."""
-
-    def __init__(self, ident: str, facility: int) -> None:
-        super().__init__()
-        syslog.openlog(ident, syslog.LOG_PID, facility)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        syslog.syslog(_PRIORITY.get(record.levelno, syslog.LOG_INFO), self.format(record))
+_PRIORITY = {10: syslog.LOG_DEBUG, 20: syslog.LOG_INFO, 30: syslog.LOG_WARNING, 40: syslog.LOG_ERR,
+             50: syslog.LOG_CRIT}
 
 
 def escape(text: str) -> str:
@@ -88,29 +78,49 @@ def _true(text: str | None) -> bool:
 def setup_logging(instance: str, environ: Mapping[str, str]) -> None:
     """syslog under the cluster (HA_LOGFACILITY), HA_LOGFILE if set, stderr when run by hand.
 
-    ``HA_debug`` arrives as the string "0" or "1" from Pacemaker.
+    ``HA_debug`` arrives as the string "0" or "1" from Pacemaker. ``logging`` itself is
+    imported only if a message is logged (see :mod:`ipsec_vip.log`).
     """
-    log.handlers.clear()
-    log.propagate = False
-    log.setLevel(logging.DEBUG if _true(environ.get("HA_debug")) else logging.INFO)
-    tag = f"ocf-ipsec-vip({instance})[{os.getpid()}]"
     facility = (environ.get("HA_LOGFACILITY") or "").strip().lower()
-    if facility in _FACILITIES:
-        handler: logging.Handler = _Syslog(f"ocf-ipsec-vip({instance})", _FACILITIES[facility])
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        log.addHandler(handler)
     logfile = environ.get("HA_LOGFILE")
-    if logfile:
-        try:
-            handler = logging.FileHandler(logfile)
-            handler.setFormatter(logging.Formatter(f"%(asctime)s {tag}: %(levelname)s: %(message)s"))
-            log.addHandler(handler)
-        except OSError:
-            pass
-    if facility not in _FACILITIES or sys.stderr.isatty():
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        log.addHandler(handler)
+    level = DEBUG if _true(environ.get("HA_debug")) else INFO
+
+    def setup(logger: logging.Logger) -> None:
+        import logging
+
+        class Syslog(logging.Handler):
+            """syslog(3) through the C module (logging.handlers costs 7 ms to import)."""
+
+            def __init__(self, ident: str, code: int) -> None:
+                super().__init__()
+                syslog.openlog(ident, syslog.LOG_PID, code)
+
+            def emit(self, record: logging.LogRecord) -> None:
+                syslog.syslog(_PRIORITY.get(record.levelno, syslog.LOG_INFO), self.format(record))
+
+        logger.handlers.clear()
+        logger.propagate = False
+        logger.setLevel(level)
+        plain = logging.Formatter("%(levelname)s: %(message)s")
+        if facility in _FACILITIES:
+            handler: logging.Handler = Syslog(f"ocf-ipsec-vip({instance})", _FACILITIES[facility])
+            handler.setFormatter(plain)
+            logger.addHandler(handler)
+        if logfile:
+            try:
+                handler = logging.FileHandler(logfile)
+            except OSError:
+                pass
+            else:
+                tag = f"ocf-ipsec-vip({instance})[{os.getpid()}]"
+                handler.setFormatter(logging.Formatter(f"%(asctime)s {tag}: %(levelname)s: %(message)s"))
+                logger.addHandler(handler)
+        if facility not in _FACILITIES or sys.stderr.isatty():
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(plain)
+            logger.addHandler(handler)
+
+    log.configure(level, setup)
 
 
 def exit_reason(message: str, environ: Mapping[str, str]) -> None:

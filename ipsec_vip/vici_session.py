@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import sys
 import threading
 import time
+import types
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ipsec_vip.errors import ViciCommandError, ViciError, ViciUnreachable
@@ -43,6 +45,47 @@ def decode(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: decode(v) for k, v in value.items()}
     return value
+
+
+def _session_class() -> Any:
+    """``vici.Session``, if possible without running ``vici/__init__.py``.
+
+    That file imports ``vici.event_listener``, whose ``inspect`` import costs 5-7 ms: a fifth
+    of a whole monitor, for a class the agent never uses. The package is registered bare
+    (its submodules import as usual) and completes itself on first access to anything else
+    (PEP 562). Any surprise in the package's layout falls back to the plain import.
+    """
+    if "vici" not in sys.modules:
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec("vici")
+        if spec is not None and spec.submodule_search_locations:
+            package = types.ModuleType("vici")
+            package.__spec__, package.__file__ = spec, spec.origin
+            package.__path__ = list(spec.submodule_search_locations)
+            sys.modules["vici"] = package
+            try:
+                from vici.session import Session
+            except Exception:
+                for name in [m for m in sys.modules if m == "vici" or m.startswith("vici.")]:
+                    del sys.modules[name]
+            else:
+                package.Session = Session  # type: ignore[attr-defined]
+                setattr(package, "__getattr__", _complete_vici)  # noqa: B010 (PEP 562 hook on a module)
+                return Session
+    import vici
+
+    return vici.Session
+
+
+def _complete_vici(name: str) -> Any:
+    """What ``vici/__init__.py`` would have defined, on demand."""
+    import importlib
+
+    event_listener = importlib.import_module("vici.event_listener")
+    if hasattr(event_listener, name):
+        return getattr(event_listener, name)
+    raise AttributeError(f"module 'vici' has no attribute {name!r}")
 
 
 class Vici:
@@ -75,8 +118,7 @@ class Vici:
 
     def _connect(self, timeout: float) -> vici.Session:
         if self._session is None:
-            import vici  # imported on first use: meta-data and usage never pay for it
-
+            session_class = _session_class()  # on first use: meta-data and usage never pay for it
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(max(timeout, 0.001))
             try:
@@ -87,10 +129,11 @@ class Vici:
             except OSError as e:
                 sock.close()
                 raise ViciError(f"cannot connect to charon on {self.uri}: {e.strerror or e}") from None
-            self._sock, self._session = sock, vici.Session(sock)
+            self._sock, self._session = sock, session_class(sock)
         return self._session
 
     def _run(self, command: str, fn: Callable[[vici.Session], T], timeout: float | None) -> T:
+        _session_class()  # the package, loaded the cheap way, before its exceptions
         from vici.exception import CommandException, DeserializationException, SessionException
 
         limit = self.timeout if timeout is None else timeout

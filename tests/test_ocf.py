@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from ipsec_vip import agent, ocf
 from ipsec_vip.errors import ConfigError, IpsecVipError, NotInstalledError
+from ipsec_vip.log import log
 from tests.lab import AGENT
 from tests.lab import agent as run_agent
 
@@ -135,18 +137,33 @@ def test_exit_reason_prefix_from_environment(capsys):
 def test_ha_debug_is_read_as_a_string(value, level):
     env = {} if value is None else {"HA_debug": value}
     ocf.setup_logging("vpn", env)
+    assert log.threshold == level
+    log.info("set the real logger up")
     assert logging.getLogger("ipsec-vip").level == level
 
 
 def test_logs_go_to_ha_logfile_tagged_with_the_instance(tmp_path):
     f = tmp_path / "ha.log"
     ocf.setup_logging("vpn-a", {"HA_LOGFILE": str(f), "HA_LOGFACILITY": "daemon"})
-    logging.getLogger("ipsec-vip").info("hello")
+    log.info("hello")
     text = f.read_text()
     assert "ocf-ipsec-vip(vpn-a)" in text and "hello" in text
 
 
 def test_stderr_logging_when_run_by_hand(capsys):
     ocf.setup_logging("vpn", {})
-    logging.getLogger("ipsec-vip").warning("careful")
-    assert "careful" in capsys.readouterr().err
+    log.debug("not shown")
+    log.warning("careful")
+    err = capsys.readouterr().err
+    assert "not shown" not in err
+    assert "careful" in err
+
+
+def test_a_quiet_action_imports_no_logging(tmp_path):
+    """logging costs 5-10 ms to import: an action that logs nothing must not pay for it."""
+    code = ("import sys; from ipsec_vip import agent, ocf; "
+            "rc = ocf.run(agent.META, agent.HANDLERS, ['strongswan', 'monitor'], "
+            "{'OCF_RESKEY_vip': '192.0.2.100', 'HA_RSCTMP': sys.argv[1]}); "
+            "print(rc, 'logging' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert p.stdout.split() == ["7", "False"], p.stderr

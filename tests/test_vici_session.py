@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -130,6 +132,15 @@ def test_real_charon_round_trip(charon):
         assert ver["version"].startswith("5.") and isinstance(ver["daemon"], str)
         assert isinstance(v.request("get-conns")["conns"], list)
         assert v.stream("list-sas", "list-sa", {"noblock": "yes"}) == []
+
+
+def test_vici_loads_without_its_event_listener_and_completes_on_demand(charon):
+    """The agent skips vici/__init__.py (its inspect import costs 5-7 ms per action)."""
+    code = ("import sys; from ipsec_vip.vici_session import Vici; v = Vici(sys.argv[1]); "
+            "print(v.request('version')['daemon'], 'inspect' in sys.modules, 'vici.event_listener' in sys.modules); "
+            "import vici; print(vici.EventListener.__name__, vici.Session.__name__)")
+    p = subprocess.run([sys.executable, "-c", code, charon.vici_path], capture_output=True, text=True, timeout=30)
+    assert p.stdout.split() == ["charon", "False", "False", "EventListener", "Session"], p.stderr
 
 
 def test_real_charon_errmsg_is_carried(charon):
