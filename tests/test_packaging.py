@@ -34,7 +34,6 @@ DTD = "/usr/share/resource-agents/ra-api-1.dtd"
 # Left by lintian on purpose; README "Install from packages" says why.
 LINTIAN_ALLOWED = {
     "executable-in-usr-lib",  # the OCF standard puts agents in /usr/lib/ocf/resource.d
-    "systemd-service-file-missing-hardening-features",  # the watch unit has no sandbox yet
 }
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
