@@ -2,9 +2,10 @@
 
 Each gateway node is its own pid/mount/uts/net namespace (``unshare``) running
 corosync, pacemakerd and charon (kernel-libipsec) with private /run, /dev/shm and
-state, the agent installed under ``/usr/lib/ocf/resource.d/ipsec-vip`` through an
-overlay (the host's tree is untouched), and a clean environment for the daemons as
-systemd would give them. charon is restarted by the node if it dies, as systemd's
+state, the project installed by ``make install`` into the lab's own root (the agent
+appears under ``/usr/lib/ocf/resource.d/ipsec-vip`` through an overlay, the library on
+the daemons' ``PYTHONPATH``; the host's tree is untouched), and a clean environment for
+the daemons as systemd would give them. charon is restarted by the node if it dies, as systemd's
 ``Restart=`` would. The client (its own charon) and the server live in named
 namespaces; all of them meet on two bridges in the ``lan`` namespace:
 
@@ -51,7 +52,8 @@ chown -R hacluster:haclient /var/lib/pacemaker
 chmod 750 /var/lib/pacemaker/*
 mount -n --bind "$ND/log/pacemaker" /var/log/pacemaker
 mount -n --bind "$ND/log/corosync" /var/log/corosync
-mount -n -t overlay "ocf-$NAME" -o "lowerdir=$W/agents:/usr/lib/ocf/resource.d" /usr/lib/ocf/resource.d
+mount -n -t overlay "ocf-$NAME" -o "lowerdir=$W/root/usr/lib/ocf/resource.d:/usr/lib/ocf/resource.d" \
+    /usr/lib/ocf/resource.d
 mount -n --bind "$W/hosts" /etc/hosts
 mount -n --bind "$ND/strongswan.conf" /etc/strongswan.conf
 install -m 0644 "$W/corosync.conf" /etc/corosync/corosync.conf
@@ -63,7 +65,8 @@ ip addr add "$(cat "$ND/backip")/24" dev eth1
 ip link set eth0 up
 ip link set eth1 up
 sysctl -qw net.ipv4.ip_forward=1
-CLEAN=(env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8)
+# PYTHONPATH: the library as `make install` put it (its dependencies come from the interpreter's own)
+CLEAN=(env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 PYTHONPATH="$W/root/site")
 charon_loop() {   # like systemd's Restart=: charon comes back 0.5 s after it dies
     while [ ! -e "$ND/no-charon-restart" ]; do
         rm -f /run/charon.pid
@@ -136,6 +139,14 @@ def corosync_conf(names: list[str], token_ms: int) -> str:
             "    logfile: /var/log/corosync/corosync.log\n    timestamp: on\n}\n"
             f"quorum {{\n    provider: corosync_votequorum\n{quorum}}}\n"
             f"nodelist {{\n{nodes}}}\n")
+
+
+def install(root: Path) -> None:
+    """``make install`` into ``root``, for this interpreter (it has vici and psutil): the agent
+    with its shebang rewritten, the library under ``root/site``, as the packages install them."""
+    lab.run("make", "-s", "-C", str(ROOT), "install", f"DESTDIR={root}", f"SYSTEM_PYTHON={sys.executable}",
+            "PYTHON_SITELIB=/site", "PREFIX=/usr", timeout=300,
+            env={"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
 
 
 @dataclass
@@ -229,11 +240,7 @@ class Cluster:
         (w / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"{NODE_IPS[n][0]} {n}\n" for n in self.names))
         seed_cib(w / "seed-cib.xml")
         (w / "seed-cib.xml").chmod(0o644)
-        agents = w / "agents" / "ipsec-vip"
-        agents.mkdir(parents=True)
-        text = (ROOT / "ocf" / "strongswan").read_text().split("\n", 1)[1]
-        (agents / "strongswan").write_text(f"#!{sys.executable}\n{text}")  # as packages rewrite the shebang
-        (agents / "strongswan").chmod(0o755)
+        install(w / "root")
         for name in ("lan", "client", "srv"):
             self.namespaces.append(lab.add_netns(name))
         lan = lab.PREFIX + "lan"

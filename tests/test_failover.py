@@ -8,6 +8,7 @@ traffic gap (longest time without an answer through the tunnel).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 
@@ -121,6 +122,20 @@ def assert_clean(c: cluster.Cluster, node: str) -> None:
         time.sleep(0.1)
     assert n.sas() == []
     assert not n.has_address(lab.VIP)
+
+
+def test_nodes_run_the_project_as_make_install_installed_it(cl):
+    """What pacemaker-execd runs is the `make install` tree, not the checkout."""
+    root = cl.work / "root"
+    n = cl.nodes[holder(cl)]
+    agent = n.on("cat", "/usr/lib/ocf/resource.d/ipsec-vip/strongswan").stdout
+    assert agent == (root / "usr/lib/ocf/resource.d/ipsec-vip/strongswan").read_text()
+    assert agent.startswith(f"#!{sys.executable}\n")
+    pid = n.on("pgrep", "-x", "pacemaker-execd").stdout.split()[0]
+    environ = dict(kv.split("=", 1) for kv in n.on("cat", f"/proc/{pid}/environ").stdout.split("\0") if "=" in kv)
+    where = n.on("env", "-i", f"PYTHONPATH={environ['PYTHONPATH']}", sys.executable, "-c",
+                 "import ipsec_vip.agent; print(ipsec_vip.agent.__file__)").stdout.strip()
+    assert where == str(root / "site" / "ipsec_vip" / "agent.py")
 
 
 def test_planned_move_and_back(cl):
