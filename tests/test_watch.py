@@ -264,7 +264,9 @@ def test_charon_restart_and_absent_at_start(env, watchers):
     c.launch()
     settled(env, {"one"})
     assert w.proc.poll() is None
-    assert w.log().count("charon closed the VICI connection") == 2
+    # each crash is logged once; a reconnect that lands in a dying charon's backlog (a loaded
+    # machine) may add one more, but retries are never logged one by one
+    assert 2 <= w.log().count("charon closed the VICI connection") <= 3, w.log()
     assert w.terminate() == 0
 
 
