@@ -118,10 +118,10 @@ def monitor(env: ocf.Env) -> int:
             return OCF_NOT_RUNNING
         raise
     states = StateDir()
-    if control.read_record(params, env.instance, states) is None:
-        return OCF_NOT_RUNNING
     deadline = _deadline(env)
     try:
+        if not states.started(env.instance):  # no lock, no record parsed: the common probe
+            return OCF_NOT_RUNNING
         with states.lock(deadline.left(), shared=True):  # never see a start or stop half done
             record = control.read_record(params, env.instance, states)
             if record is None:

@@ -90,7 +90,7 @@ def _session(params: Params, deadline: Deadline) -> Iterator[Vici]:
         v.close()
 
 
-def _unreachable(e: ViciUnreachable, uri: str) -> IpsecVipError:
+def _unreachable(uri: str) -> IpsecVipError:
     if not charon.installed():
         return NotInstalledError("strongSwan's charon is not installed on this node")
     return ViciUnreachable(charon.explain_unreachable(uri))
@@ -106,17 +106,14 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -
     with states.lock(deadline.left(cap=3600)), _session(params, deadline) as v:
         try:
             loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
-        except ViciUnreachable as e:
-            raise _unreachable(e, params.vici_socket) from None
+        except ViciUnreachable:
+            raise _unreachable(params.vici_socket) from None
         record = states.read(instance)
         if record is not None and set(record.conns) <= loaded and set(selection.connections) <= loaded:
             return f"already started: {len(record.conns)} connections loaded"
         before_secrets = set(v.request("get-shared", timeout=deadline.left()).get("keys", []))
         before_pools = set(v.request("get-pools", timeout=deadline.left()))
-        record = Record(vip=str(params.vip), config=params.config, conns=list(selection.connections),
-                        secrets=[s["id"] for s in selection.secrets], pools=list(selection.pools),
-                        initiators=_initiators(selection.connections), vici_socket=params.vici_socket,
-                        interface=params.interface or "")
+        record = _record(params, selection)
         states.write(instance, record)  # before loading: a start cut short is undone by stop
         try:
             _load(v, selection, deadline)
@@ -186,12 +183,17 @@ def read_record(params: Params | None, instance: str, states: StateDir) -> Recor
             raise
         log.warning("%s; falling back to the configuration", e)
         try:
-            sel = select(params)
+            return _record(params, select(params))
         except IpsecVipError:
             raise e from None
-        return Record(vip=str(params.vip), config=params.config, conns=list(sel.connections),
-                      secrets=[s["id"] for s in sel.secrets], pools=list(sel.pools),
-                      initiators=_initiators(sel.connections))
+
+
+def _record(params: Params, selection: Any) -> Record:
+    """What an instance with ``params`` loads, as its state record says it."""
+    return Record(vip=str(params.vip), config=params.config, conns=list(selection.connections),
+                  secrets=[s["id"] for s in selection.secrets], pools=list(selection.pools),
+                  initiators=_initiators(selection.connections), vici_socket=params.vici_socket,
+                  interface=params.interface or "")
 
 
 def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline) -> str:

@@ -93,6 +93,10 @@ class StateDir:
             return None
         return self._read_path(self._file(instance, ".json"))
 
+    def started(self, instance: str) -> bool:
+        """A record exists, damaged or not: the cheap answer to "not started here"."""
+        return self._exists() and os.path.lexists(self._file(instance, ".json"))
+
     def _exists(self) -> bool:
         """True if the directory exists and is safe; a planted symlink or file raises."""
         try:

@@ -355,7 +355,7 @@ class Watcher:
     def _started(self) -> bool:
         """A state file exists (a damaged one counts: control.stop cleans it up)."""
         try:
-            return self.states.read(self.instance) is not None
+            return self.states.started(self.instance)
         except StateError:
             return True
 
