@@ -40,83 +40,26 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import signal
 import socket
 import time
-from collections.abc import Mapping
 
-from ipsec_vip import control
+from ipsec_vip import control, watchconf
 from ipsec_vip import vip as vipmod
-from ipsec_vip.errors import ConfigError, IpsecVipError, StateError
-from ipsec_vip.params import Params, parse
+from ipsec_vip.errors import IpsecVipError, StateError
+from ipsec_vip.params import Params
 from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import socket_path
 
 log = logging.getLogger("ipsec-vip")
 
-WATCH_DIR = "/etc/ipsec-vip/watch"
 STATE_BASE = "/run/ipsec-vip-watch"
-DEFAULT_CHECK_INTERVAL = 10.0
-PARAM_KEYS = ("vip", "config", "connections", "vici_socket", "interface")
-KEYS = (*PARAM_KEYS, "check_interval")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,99}$")
 _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 5.0
 _SETTLE = 10.0  # for this long after charon (re)appeared or SIGHUP ...
 _SETTLE_CHECK = 1.0  # ... check this often
 _RTMGRP_IPV4_IFADDR = 0x10  # linux/rtnetlink.h
 _RTMGRP_IPV6_IFADDR = 0x100
-
-
-# --------------------------------------------------------------------------- configuration
-def config_path(name: str, directory: str = WATCH_DIR) -> str:
-    """``/etc/ipsec-vip/watch/NAME.conf``; NAME is a plain file name (systemd's %i)."""
-    if not _NAME.match(name):
-        raise ConfigError(f"watch name {name!r} must be letters, digits, '_', '.', '@' or '-'")
-    return os.path.join(directory, name + ".conf")
-
-
-def read_config(path: str) -> dict[str, str]:
-    """Parse ``key = value`` lines (``#`` starts a comment line; values may be quoted)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(1 << 20)
-    except FileNotFoundError:
-        raise ConfigError(f"watch configuration {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read watch configuration {path}: {getattr(e, 'strerror', None) or e}") from None
-    values: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        key, sep, value = line.partition("=")
-        key = key.strip().lower().replace("-", "_")
-        if not sep or not key:
-            raise ConfigError(f"{path}:{number}: expected 'key = value'")
-        if key not in KEYS:
-            raise ConfigError(f"{path}:{number}: unknown key {key!r} (known: {', '.join(KEYS)})")
-        if key in values:
-            raise ConfigError(f"{path}:{number}: {key} is set twice")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        values[key] = value
-    return values
-
-
-def settings(values: Mapping[str, str]) -> tuple[Params, float]:
-    """Params (validated like the agent's) and the check interval from config values."""
-    params = parse({k: v for k, v in values.items() if k in PARAM_KEYS})
-    text = values.get("check_interval", "").strip()
-    try:
-        interval = float(text) if text else DEFAULT_CHECK_INTERVAL
-    except ValueError:
-        raise ConfigError(f"check_interval must be a number of seconds, not {text!r}") from None
-    if not 0 <= interval <= 86400:
-        raise ConfigError("check_interval must be between 0 (off) and 86400 seconds")
-    return params, interval
 
 
 # --------------------------------------------------------------------------- systemd
@@ -150,7 +93,7 @@ class Watcher:
     """Keeps one VIP's connections loaded in charon exactly while the VIP is held here."""
 
     def __init__(self, params: Params, instance: str, states: StateDir,
-                 check_interval: float = DEFAULT_CHECK_INTERVAL, timeout: float = 30.0) -> None:
+                 check_interval: float = watchconf.DEFAULT_CHECK_INTERVAL, timeout: float = 30.0) -> None:
         self.params = params
         self.instance = instance
         self.states = states

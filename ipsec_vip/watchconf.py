@@ -1,63 +1,88 @@
 """Watch configs: ``/etc/ipsec-vip/watch/NAME.conf``, one ``key = value`` per line.
 
-Keys are the agent's parameters (``vip``, ``config``, ``connections``,
-``vici_socket``, ``interface``, ``start_without_vip``); ``#`` and ``;`` start
-comments, blank lines are ignored, a value may be wrapped in double quotes.
+The one reader for both the watch daemon and ``status``/``check``. Keys are the agent's
+parameters ``vip``, ``config``, ``connections``, ``vici_socket``, ``interface`` plus
+``check_interval``; lines starting with ``#`` or ``;`` are comments (a ``#`` after a value
+is part of the value), a value may be quoted, unknown or repeated keys are errors.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
+from collections.abc import Mapping
 
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.params import Params, parse
 
 WATCH_DIR = "/etc/ipsec-vip/watch"
-KEYS = frozenset({"vip", "config", "connections", "vici_socket", "interface", "start_without_vip"})
-
-
-def parse_text(text: str, where: str) -> dict[str, str]:
-    """The key/value pairs of a watch config (ConfigError naming ``where`` and the line)."""
-    values: dict[str, str] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        key, sep, value = line.partition("=")
-        key, value = key.strip().replace("-", "_"), value.strip()
-        if not sep or key not in KEYS:
-            raise ConfigError(f"{where}:{n}: expected one of {', '.join(sorted(KEYS))} = value")
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        elif "#" in value:
-            value = value.split("#", 1)[0].rstrip()
-        values[key] = value
-    return values
-
-
-def load(path: str) -> Params:
-    """The Params of one watch config file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(1 << 20)
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    values = parse_text(text, path)
-    try:
-        return parse(values)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+DEFAULT_CHECK_INTERVAL = 10.0
+PARAM_KEYS = ("vip", "config", "connections", "vici_socket", "interface")
+KEYS = (*PARAM_KEYS, "check_interval")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,99}$")
 
 
 def path_of(name: str, directory: str = WATCH_DIR) -> str:
-    """``NAME`` -> ``/etc/ipsec-vip/watch/NAME.conf`` (a name, never a path)."""
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"watch config name {name!r} is not a plain name")
-    return os.path.join(directory, f"{name}.conf")
+    """``NAME`` -> ``/etc/ipsec-vip/watch/NAME.conf``; NAME is a plain file name (systemd's %i)."""
+    if not _NAME.match(name):
+        raise ConfigError(f"watch name {name!r} must be letters, digits, '_', '.', '@' or '-'")
+    return os.path.join(directory, name + ".conf")
 
 
 def names(directory: str = WATCH_DIR) -> list[str]:
     """The names of the watch configs present, sorted."""
     paths = glob.glob(os.path.join(glob.escape(directory), "*.conf"))
     return sorted(os.path.basename(p)[:-len(".conf")] for p in paths)
+
+
+def read(path: str) -> dict[str, str]:
+    """The key/value pairs of one file (ConfigError naming the file and line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1 << 20)
+    except FileNotFoundError:
+        raise ConfigError(f"watch configuration {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read watch configuration {path}: {getattr(e, 'strerror', None) or e}") from None
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"{path}:{number}: expected 'key = value'")
+        if key not in KEYS:
+            raise ConfigError(f"{path}:{number}: unknown key {key!r} (known: {', '.join(KEYS)})")
+        if key in values:
+            raise ConfigError(f"{path}:{number}: {key} is set twice")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def settings(values: Mapping[str, str], where: str = "") -> tuple[Params, float]:
+    """Params (validated like the agent's) and the check interval; errors name ``where``."""
+    try:
+        params = parse({k: v for k, v in values.items() if k in PARAM_KEYS})
+        text = values.get("check_interval", "").strip()
+        try:
+            interval = float(text) if text else DEFAULT_CHECK_INTERVAL
+        except ValueError:
+            raise ConfigError(f"check_interval must be a number of seconds, not {text!r}") from None
+        if not 0 <= interval <= 86400:
+            raise ConfigError("check_interval must be between 0 (off) and 86400 seconds")
+    except ConfigError as e:
+        if not where:
+            raise
+        raise ConfigError(f"{where}: {e}") from None
+    return params, interval
+
+
+def load(path: str) -> Params:
+    """The Params of one watch config file."""
+    return settings(read(path), path)[0]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_vip import cli, watch
+from ipsec_vip import cli, watch, watchconf
 from ipsec_vip.errors import ConfigError
 from tests import lab
 from tests.lab import GATEWAY_CONF
@@ -42,11 +42,11 @@ def test_config_file(tmp_path):
     f.write_text("# the VIP keepalived moves\nvip = 192.0.2.100/24\n\nconfig = /etc/ipsec-vip/swanctl.conf\n"
                  'connections = "rw, rw2"\nvici-socket = unix:///run/charon.vici\ninterface = eth0\n'
                  "check_interval = 5\n")
-    assert watch.config_path("vpn", str(tmp_path)) == str(f)
-    params, interval = watch.settings(watch.read_config(str(f)))
+    assert watchconf.path_of("vpn", str(tmp_path)) == str(f)
+    params, interval = watchconf.settings(watchconf.read(str(f)))
     assert (str(params.vip), params.connections, params.interface, interval) == (
         "192.0.2.100", ("rw", "rw2"), "eth0", 5.0)
-    assert watch.settings({"vip": "2001:db8::1"})[1] == watch.DEFAULT_CHECK_INTERVAL
+    assert watchconf.settings({"vip": "2001:db8::1"})[1] == watchconf.DEFAULT_CHECK_INTERVAL
 
 
 @pytest.mark.parametrize(("text", "error"), [
@@ -62,13 +62,13 @@ def test_config_file_errors(tmp_path, text, error):
     f = tmp_path / "bad.conf"
     f.write_text(text)
     with pytest.raises(ConfigError, match=error):
-        watch.settings(watch.read_config(str(f)))
+        watchconf.settings(watchconf.read(str(f)))
 
 
 @pytest.mark.parametrize("name", ["../etc/passwd", "a/b", "", ".hidden", "x" * 200])
 def test_watch_name_is_a_plain_file_name(name):
     with pytest.raises(ConfigError):
-        watch.config_path(name)
+        watchconf.path_of(name)
 
 
 @pytest.mark.parametrize(("argv", "error"), [

@@ -1,4 +1,5 @@
-"""Watch configs: ``key = value`` lines, comments, quotes; typos are errors."""
+"""Watch configs as status and check read them (the daemon's own reader): ``key = value``
+lines, comment lines, quotes; typos are errors."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ipsec_vip.errors import ConfigError
 
 def test_parse_tolerates_comments_blank_lines_and_quotes(tmp_path):
     (tmp_path / "office.conf").write_text(
-        "# the office VIP\n\nvip = 192.0.2.100/24   # prefix ignored\n; old style comment\n"
+        "# the office VIP\n\nvip = 192.0.2.100/24\n; old style comment\ncheck_interval = 5\n"
         'config = "/etc/ipsec-vip/office.conf"\nconnections = rw, s2s\nvici-socket = unix:///run/x.vici\n')
     (tmp_path / "notes.txt").write_text("not a watch config")
     assert watchconf.names(str(tmp_path)) == ["office"]

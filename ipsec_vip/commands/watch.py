@@ -12,24 +12,24 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ipsec_vip import control, watch
+from ipsec_vip import control, watch, watchconf
 from ipsec_vip.commands.common import add_vip_options
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.state import StateDir
 
 log = logging.getLogger("ipsec-vip")
-_OPTIONS = ("vip", "config", "connections", "vici_socket", "interface", "check_interval")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     text = "load the VIP's connections while this node holds the VIP (systemd fallback daemon)"
     p = sub.add_parser("watch", help=text, description=text + "; runs in the foreground until SIGTERM")
-    p.add_argument("name", nargs="?", help=f"read {watch.WATCH_DIR}/NAME.conf instead of options")
+    p.add_argument("name", nargs="?", help=f"read {watchconf.WATCH_DIR}/NAME.conf instead of options")
     add_vip_options(p, vip_required=False)
     p.add_argument("--check-interval", help=f"seconds between checks that our connections are still loaded "
-                                            f"(default {watch.DEFAULT_CHECK_INTERVAL:g}, 0 = off)")
+                                            f"(default {watchconf.DEFAULT_CHECK_INTERVAL:g}, 0 = off)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each load or unload (default 30)")
-    p.add_argument("--watch-dir", default=watch.WATCH_DIR, help=f"where NAME.conf lives (default {watch.WATCH_DIR})")
+    p.add_argument("--watch-dir", default=watchconf.WATCH_DIR,
+                   help=f"where NAME.conf lives (default {watchconf.WATCH_DIR})")
     p.add_argument("--state-dir", default=watch.STATE_BASE,
                    help=f"base of the state directory (DIR/ipsec-vip), shared by the node's watchers "
                         f"(default {watch.STATE_BASE})")
@@ -37,16 +37,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    given = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in watchconf.KEYS if getattr(args, k) is not None}
     if args.name is not None:
         if given:
-            raise ConfigError(f"give either NAME or options, not both (NAME.conf holds {', '.join(_OPTIONS)})")
-        values = watch.read_config(watch.config_path(args.name, args.watch_dir))
+            raise ConfigError(f"give either NAME or options, not both (NAME.conf holds {', '.join(watchconf.KEYS)})")
+        path = watchconf.path_of(args.name, args.watch_dir)
+        params, interval = watchconf.settings(watchconf.read(path), path)
     elif "vip" not in given:
         raise ConfigError("give NAME (a watch configuration) or --vip")
     else:
-        values = {k: str(v) for k, v in given.items()}
-    params, interval = watch.settings(values)
+        params, interval = watchconf.settings({k: str(v) for k, v in given.items()})
     # a config that does not parse is refused now, not at the first VIP event
     for warning in control.mobike_warnings(control.select(params)):
         log.warning("%s", warning)
