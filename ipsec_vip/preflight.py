@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import math
 import os
 import re
@@ -23,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from ipsec_vip import charon, control, firewall, swanctl
-from ipsec_vip.errors import IpsecVipError
+from ipsec_vip.errors import ConfigError, IpsecVipError
 from ipsec_vip.params import Params
 from ipsec_vip.vici_session import Vici
 
@@ -37,7 +36,6 @@ LIBIPSEC_LIMITS = ("kernel-libipsec: ESP done in userland inside the one charon 
                    "(ipsec0), always UDP-encapsulated on port 4500, much slower than the kernel and buffering "
                    "packets in memory; strongSwan does not recommend it for gateways")
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-_INCLUDE = re.compile(r"^\s*include\s+(.+?)\s*$")
 _SECRET_KEY = re.compile(r"^\s*secret\s*=", re.MULTILINE)
 
 
@@ -366,25 +364,13 @@ def check_psk_strength(ctx: Context) -> list[Finding]:
     return out
 
 
-def include_files(path: str, depth: int = 0) -> list[str]:
-    """``path`` and every file it includes (recursively, globs expanded), as real paths."""
-    real = os.path.realpath(path)
+def include_files(path: str) -> list[str]:
+    """``path`` and every file it includes (the reader's own include rules, cycles listed once);
+    only ``path`` itself if the files do not parse, none if it cannot be read."""
     try:
-        with open(real, encoding="utf-8", errors="replace") as f:
-            text = f.read(64 << 20)
-    except OSError:
-        return []
-    out = [real]
-    if depth >= swanctl.MAX_INCLUDE_DEPTH:
-        return out
-    for line in text.splitlines():
-        m = _INCLUDE.match(line.split("#", 1)[0])
-        if m:
-            pattern = m.group(1).strip('"')
-            full = pattern if os.path.isabs(pattern) else os.path.join(os.path.dirname(path), pattern)
-            for inc in sorted(glob.glob(full)):
-                out += [p for p in include_files(inc, depth + 1) if p not in out]
-    return out
+        return swanctl.files(path)
+    except ConfigError:
+        return [os.path.realpath(path)] if os.path.isfile(path) else []
 
 
 def check_not_load_all(ctx: Context) -> list[Finding]:

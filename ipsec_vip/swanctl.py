@@ -76,8 +76,11 @@ class Selection:
 class _Parser:
     """Recursive-descent parser over one file's text; includes recurse."""
 
-    def __init__(self, path: str, text: str, stack: tuple[str, ...]) -> None:
-        self.path, self.text, self.pos, self.line, self.stack = path, text, 0, 1, stack
+    def __init__(self, path: str, text: str, stack: tuple[str, ...], found: list[str] | None = None) -> None:
+        """``found``: collect the real paths of the files read, and skip (not refuse) include cycles."""
+        self.path, self.text, self.pos, self.line, self.stack, self.found = path, text, 0, 1, stack, found
+        if found is not None and stack[-1] not in found:
+            found.append(stack[-1])
 
     def error(self, what: str) -> ConfigError:
         return ConfigError(f"{self.path}:{self.line}: {what}")
@@ -212,8 +215,10 @@ class _Parser:
         for path in sorted(glob.glob(full)):
             real = os.path.realpath(path)
             if real in self.stack:
+                if self.found is not None:
+                    continue
                 raise self.error(f"include cycle through {path}")
-            sub = _Parser(path, _read(path), (*self.stack, real))
+            sub = _Parser(path, _read(path), (*self.stack, real), self.found)
             sub.parse(section, depth + 1)
 
 
@@ -344,6 +349,17 @@ def _secret(tree: _Tree, name: str, chain: list[_Section], path: str) -> dict[st
         raise ConfigError(f"{path}: secrets.{name}: secret has an invalid 0x/0s encoding") from None
     return {"id": name, "type": kind, "data": data if data is not None else keys["secret"].encode(),
             "owners": [v for k, v in keys.items() if k.startswith("id")]}
+
+
+def files(path: str) -> list[str]:
+    """``path`` and every file it includes, recursively, as real paths in reading order (an
+    include cycle is listed once, not refused): what ``swanctl --load-all --file`` would read."""
+    found: list[str] = []
+    try:
+        _Parser(os.path.abspath(path), _read(path), (os.path.realpath(path),), found).parse(_Section(""))
+    except RecursionError:
+        raise ConfigError(f"{path}: sections nested too deeply") from None
+    return found
 
 
 def load(path: str) -> SwanctlConfig:

@@ -283,3 +283,16 @@ def test_ten_thousand_connections(tmp_path: Path) -> None:
     # reader would take minutes here.
     assert used < 10, used
     os.unlink(f)
+
+
+def test_files_lists_includes_as_the_reader_follows_them(tmp_path: Path) -> None:
+    """Also an include written inside a one-line section, which a line-based search misses."""
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "a.conf").write_text("a { x = 1 }\n")
+    (tmp_path / "s.conf").write_text('secrets { ike-x { secret = "s" } }\ninclude swanctl.conf\n')  # a cycle
+    main = tmp_path / "swanctl.conf"
+    main.write_text("connections { include conf.d/*.conf }\ninclude s.conf\n")
+    assert swanctl.files(str(main)) == [str(p.resolve()) for p in (main, tmp_path / "conf.d" / "a.conf",
+                                                                    tmp_path / "s.conf")]
+    with pytest.raises(ConfigError, match="include cycle"):
+        swanctl.load(str(main))
