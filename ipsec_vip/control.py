@@ -31,7 +31,7 @@ from ipsec_vip.errors import (
 from ipsec_vip.log import log
 from ipsec_vip.params import Params
 from ipsec_vip.state import Record, StateDir
-from ipsec_vip.vici_session import Vici
+from ipsec_vip.vici_session import DEFAULT_SOCKET, Vici
 
 _MAX_MESSAGE = 480 * 1024  # charon drops VICI requests over 512 KiB
 _FALSE = {"no", "false", "disabled", "0", "off"}
@@ -82,8 +82,8 @@ def _initiators(connections: dict[str, dict[str, Any]]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _session(params: Params, deadline: Deadline) -> Iterator[Vici]:
-    v = Vici(params.vici_socket, timeout=deadline.left())
+def _session(uri: str, deadline: Deadline) -> Iterator[Vici]:
+    v = Vici(uri, timeout=deadline.left())
     try:
         yield v
     finally:
@@ -103,7 +103,7 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -
     if not held and not params.start_without_vip:
         where = f" on {params.interface}" if params.interface else ""
         raise NotHeld(f"this node does not hold VIP {params.vip}{where}; nothing loaded")
-    with states.lock(deadline.left(cap=3600)), _session(params, deadline) as v:
+    with states.lock(deadline.left(cap=3600)), _session(params.vici_socket, deadline) as v:
         try:
             loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
         except ViciUnreachable:
@@ -196,19 +196,30 @@ def _record(params: Params, selection: Any) -> Record:
                   interface=params.interface or "")
 
 
+def target(record: Record, params: Params | None) -> tuple[str, str | None]:
+    """The VICI socket and interface start used for ``record``: stop and monitor talk to the
+    charon that holds our connections, whatever the parameters say now (records written before
+    these were kept fall back to the parameters)."""
+    if record.vici_socket:
+        return record.vici_socket, record.interface or None
+    if params is not None:
+        return params.vici_socket, params.interface
+    return DEFAULT_SOCKET, None
+
+
 def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline) -> str:
     """Unload what the instance loaded; terminate its SAs once the VIP is gone."""
     record = read_record(params, instance, states)
     if record is None:
         return "not started here"
     vip_addr = vipmod.parse_vip(record.vip)
-    uri_params = params or Params(vip=vip_addr)
-    with states.lock(deadline.left(cap=3600)), _session(uri_params, deadline) as v:
+    uri, _ = target(record, params)
+    with states.lock(deadline.left(cap=3600)), _session(uri, deadline) as v:
         try:
             loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
         except ViciUnreachable:
             states.remove(instance)
-            return "charon is not running: nothing of ours can be loaded"
+            return f"charon is not running on {uri}: nothing of ours can be loaded"
         here = vipmod.held(vip_addr)
         left = _unload(v, record, states.others(instance), deadline, terminate=not here, loaded=loaded)
         still = set(v.request("get-conns", timeout=deadline.left())["conns"]) & set(record.conns)
@@ -268,18 +279,19 @@ def check(params: Params, record: Record, level: int, deadline: Deadline) -> Hea
     VIP is IPaddr2's to monitor); at level >= 10 also that initiator connections have an
     established CHILD_SA."""
     health = Health(running=True)
-    with _session(params, deadline) as v:
+    uri, interface = target(record, params)
+    with _session(uri, deadline) as v:
         try:
             loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
         except ViciUnreachable:
-            return Health(running=False, problems=[charon.explain_unreachable(params.vici_socket)])
+            return Health(running=False, problems=[charon.explain_unreachable(uri)])
         missing = [c for c in record.conns if c not in loaded]
         if len(missing) == len(record.conns):
             return Health(running=False, problems=[
                 f"none of the {len(record.conns)} connections are loaded in charon (charon restarted?)"])
         if missing:
             health.problems.append(f"connection(s) vanished from charon: {', '.join(missing[:10])}")
-        if not params.start_without_vip and not vipmod.held(params.vip, params.interface):
+        if not params.start_without_vip and not vipmod.held(params.vip, interface):
             health.problems.append(f"connections loaded but VIP {params.vip} is not held by this node")
         if level >= 10 and record.initiators:
             up = set()

@@ -96,44 +96,72 @@ def _close_mid_message(c: socket.socket) -> None:
 
 @pytest.mark.parametrize("behave", [_hang, _garbage, _close_mid_message], ids=["hang", "garbage", "close"])
 def test_broken_vici_socket_every_action_keeps_its_contract(frozen_env, tmp_path, behave):
-    r, _ = run(frozen_env, "start")
-    assert r.rc == 0, r.stderr
-    srv = FakeServer(tmp_path / "broken.vici", behave)
-    real = frozen_env["params"]["vici_socket"]
-    frozen_env["params"]["vici_socket"] = "unix://" + srv.path
+    """The socket start used breaks: monitor and stop follow the recorded socket into it."""
+    gw = frozen_env["gw"]
+    path = tmp_path / "charon.vici"
+    proxy = Proxy(path, gw.vici_path)
+    frozen_env["params"]["vici_socket"] = proxy.uri
     try:
-        for action, interval, code in (("monitor", "10000", 1), ("monitor", "0", 7), ("stop", "10000", 1),
-                                       ("start", "10000", 1)):
-            r, took = run(frozen_env, action, interval=interval)
-            assert took < 5.0, f"{action} took {took:.1f}s with a 5s timeout"
-            assert r.rc == code, (action, interval, r.rc, r.stderr)
-            assert len(r.reasons) == (1 if code not in (0, 7) else 0), r.stderr
-            assert "Traceback" not in r.stderr
+        r, _ = run(frozen_env, "start")
+        assert r.rc == 0, r.stderr
+        proxy.close()
+        path.unlink()
+        srv = FakeServer(path, behave)
+        try:
+            for action, interval, code in (("monitor", "10000", 1), ("monitor", "0", 7), ("stop", "10000", 1),
+                                           ("start", "10000", 1)):
+                r, took = run(frozen_env, action, interval=interval)
+                assert took < 5.0, f"{action} took {took:.1f}s with a 5s timeout"
+                assert r.rc == code, (action, interval, r.rc, r.stderr)
+                assert len(r.reasons) == (1 if code not in (0, 7) else 0), r.stderr
+                assert "Traceback" not in r.stderr
+        finally:
+            srv.close()
+            path.unlink()
+        proxy = Proxy(path, gw.vici_path)
+        r, _ = run(frozen_env, "monitor")
+        assert r.rc == 0, r.stderr  # the failed stop above said 1: our connections were still there
+        assert run(frozen_env, "stop")[0].rc == 0
+        assert gw.conns() == []
     finally:
-        srv.close()
-        frozen_env["params"]["vici_socket"] = real
-    r, _ = run(frozen_env, "monitor")
-    assert r.rc == 0, r.stderr  # the failed stop above said 1: our connections were still there
-    assert run(frozen_env, "stop")[0].rc == 0
-    assert frozen_env["gw"].conns() == []
+        proxy.close()
+        frozen_env["params"]["vici_socket"] = gw.uri
+
+
+def test_stop_and_monitor_use_the_socket_start_used(frozen_env, tmp_path):
+    """A changed (or absent) vici_socket parameter must not orphan what start loaded."""
+    gw = frozen_env["gw"]
+    assert run(frozen_env, "start")[0].rc == 0
+    frozen_env["params"]["vici_socket"] = "unix://" + str(tmp_path / "absent.vici")
+    try:
+        r, _ = run(frozen_env, "monitor")
+        assert r.rc == 0, r.stderr
+        r, _ = run(frozen_env, "stop")
+        assert r.rc == 0, r.stderr
+        assert gw.conns() == [], "stop went to the new socket and left our connections loaded"
+        assert run(frozen_env, "monitor")[0].rc == 7
+    finally:
+        frozen_env["params"]["vici_socket"] = gw.uri
 
 
 @pytest.mark.parametrize(("delay", "code"), [(0.2, 0), (4.5, 1)], ids=["just-under", "just-over"])
 def test_slow_charon(frozen_env, tmp_path, delay, code):
     gw = frozen_env["gw"]
-    assert run(frozen_env, "start")[0].rc == 0
-    proxy = Proxy(tmp_path / "slow.vici", gw.vici_path, reply_delay=delay)
+    proxy = Proxy(tmp_path / "slow.vici", gw.vici_path)
     frozen_env["params"]["vici_socket"] = proxy.uri
     try:
+        assert run(frozen_env, "start")[0].rc == 0
+        proxy.reply_delay = delay  # every later session is slow
         r, took = run(frozen_env, "monitor")
         assert r.rc == code, r.stderr
         assert took < 5.0
         if code:
             assert "did not answer" in r.reasons[0]
+        proxy.reply_delay = 0.0
+        assert run(frozen_env, "stop")[0].rc == 0
     finally:
         proxy.close()
         frozen_env["params"]["vici_socket"] = gw.uri
-    assert run(frozen_env, "stop")[0].rc == 0
 
 
 # --------------------------------------------------------------------------- charon restarted mid-start
@@ -163,10 +191,10 @@ def test_charon_restarted_between_start_steps(frozen_env, tmp_path, step):
         assert r.rc == 0, r.stderr
         assert gw.conns() == ["rw"] and "ike-client1" in gw.shared() and "rw-pool" in gw.pools()
         assert run(frozen_env, "monitor")[0].rc == 0
+        assert run(frozen_env, "stop")[0].rc == 0
     finally:
         proxy.close()
         frozen_env["params"]["vici_socket"] = gw.uri
-    assert run(frozen_env, "stop")[0].rc == 0
 
 
 # --------------------------------------------------------------------------- concurrency
