@@ -119,10 +119,17 @@ class Watcher:
         self._stopping = False
 
     def run(self) -> int:
-        """Watch until SIGTERM/SIGINT; 0 after a clean stop, 1 if the final stop failed."""
+        """Watch until SIGTERM/SIGINT; 0 after a clean stop, 1 if the final stop failed.
+
+        The final stop runs however the loop ended (an error out of it included), so our
+        connections never outlive the daemon; such an error is raised after it.
+        """
         self.states.ensure()
-        asyncio.run(self._main())
-        return self._shutdown()
+        try:
+            asyncio.run(self._main())
+        finally:
+            code = self._shutdown()
+        return code
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -259,7 +266,11 @@ class Watcher:
         """Compare the VIP, charon and what we loaded; call control.start/stop as needed."""
         now = time.monotonic()
         self._retry_at = None
-        held = vipmod.held(self.params.vip, self.params.interface)
+        try:
+            held = vipmod.held(self.params.vip, self.params.interface)
+        except (IpsecVipError, OSError) as e:  # a failed or timed-out address dump: retry like the rest
+            self._fail(f"cannot read this node's addresses: {e}", now)
+            return
         log.debug("VIP held: %s", held)
         if held != self._held:
             where = f" on {self.params.interface}" if self.params.interface else ""
