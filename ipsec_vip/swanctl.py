@@ -11,8 +11,9 @@ a repeated key keeping its first position with the last value.
 
 Only ``connections``, ``secrets`` (the shared ones: eap, xauth, ntlm, ike, ppk) and
 ``pools`` are converted; ``authorities`` and private keys are not (yet). Relative
-``certs``/``cacerts``/``pubkeys`` names resolve under ``$SWANCTL_DIR`` (default
-``/etc/swanctl``) in ``x509``/``x509ca``/``pubkey``, exactly as swanctl resolves them.
+``certs``/``cacerts``/``pubkeys`` names resolve in ``x509``/``x509ca``/``pubkey`` beside the
+config file given (``/etc/ipsec-vip/x509/…`` for ``/etc/ipsec-vip/swanctl.conf``), exactly as
+``swanctl --file`` resolves them (``$SWANCTL_DIR`` plays no part then).
 Every problem raises :class:`~ipsec_vip.errors.ConfigError` naming file and line,
 and never quoting a value (a value may be a secret).
 """
@@ -40,7 +41,6 @@ SHARED_TYPES = ("eap", "xauth", "ntlm", "ike", "ppk")
 OTHER_SECRET_TYPES = ("private", "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12", "token")
 ID_KEYS = ("id", "eap_id", "xauth_id", "aaa_id")
 _SPECIAL = set('#{}:.,="\r\n\t ')
-SWANCTL_DIR = "/etc/swanctl"
 MAX_INCLUDE_DEPTH = 10
 MAX_FILE_SIZE = 64 << 20
 
@@ -293,11 +293,16 @@ def _split(value: str) -> list[str]:
 
 
 def _blob(token: str) -> bytes | None:
-    """0x hex / 0s base64 -> bytes; None for anything else."""
+    """0x hex (bytes optionally separated by ':', as swanctl takes them) / 0s base64 -> bytes;
+    None for anything else. What swanctl would guess at (odd digits, a ':' inside a byte) is
+    refused."""
     prefix = token[:2].lower()
     try:
         if prefix == "0x":
-            return binascii.unhexlify(token[2:])
+            groups = token[2:].split(":")
+            if len(groups) > 1 and any(len(g) % 2 or not g for g in groups):
+                raise ValueError("':' only between whole bytes")
+            return binascii.unhexlify("".join(groups))
         if prefix == "0s":
             return base64.b64decode(token[2:], validate=True)
     except (binascii.Error, ValueError):
@@ -371,7 +376,7 @@ def load(path: str) -> SwanctlConfig:
     except RecursionError:
         raise ConfigError(f"{path}: sections nested too deeply") from None
     tree = _Tree(root, path)
-    confdir = os.environ.get("SWANCTL_DIR") or SWANCTL_DIR  # relative certs resolve as swanctl does
+    confdir = os.path.dirname(path)  # swanctl --file resolves relative certs beside the file
     try:
         conns = {name: _message(tree, chain, f"{path}: connections.{name}", confdir)
                  for name, chain in tree.top("connections").items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,19 @@ def test_errors_name_file_and_never_the_value(tmp_path: Path, text: str, match: 
     assert "swanctl.conf" in str(e.value)
 
 
+@pytest.mark.parametrize(("text", "data"), [("0x01:02:03:04", b"\x01\x02\x03\x04"),
+                                          ("0x0102:A0b0", b"\x01\x02\xa0\xb0"), ("0x0102", b"\x01\x02")])
+def test_hex_secrets_with_colons_between_bytes(tmp_path: Path, text: str, data: bytes) -> None:
+    cfg = load(tmp_path, f"secrets {{ ike-x {{ secret = {text} }} }}\n")
+    assert cfg.secrets[0]["data"] == data
+
+
+@pytest.mark.parametrize("text", ["0x1:2", "0x01::02", "0x:0102", "0x0102:", "0x123", "0x01:0g"])
+def test_hex_swanctl_would_guess_at_is_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="invalid 0x/0s"):
+        load(tmp_path, f"secrets {{ ike-x {{ secret = {text} }} }}\n")
+
+
 def test_error_never_quotes_a_secret(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load(tmp_path, 'secrets {\n ike-x { secret = "TopSecret42\n }\n}\n')
@@ -143,13 +157,14 @@ def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
         load(tmp_path, "a {" * 5000 + "}" * 5000)
 
 
-def test_relative_certs_resolve_like_swanctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SWANCTL_DIR", raising=False)
-    with pytest.raises(ConfigError, match=r"/etc/swanctl/x509/nope-ipsec-vip\.pem"):
+def test_relative_certs_resolve_beside_the_config_like_swanctl_file(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """swanctl --file looks beside the file, not in $SWANCTL_DIR or /etc/swanctl."""
+    monkeypatch.setenv("SWANCTL_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path}/x509/nope-ipsec-vip.pem")):
         conn(tmp_path, "local { certs = nope-ipsec-vip.pem }")
     (tmp_path / "x509ca").mkdir()
     (tmp_path / "x509ca" / "ca.pem").write_bytes(b"PEM")
-    monkeypatch.setenv("SWANCTL_DIR", str(tmp_path))
     assert conn(tmp_path, "remote { cacerts = ca.pem, 0x0102 }")["remote"]["cacerts"] == [b"PEM", b"\x01\x02"]
 
 

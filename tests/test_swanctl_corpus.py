@@ -1,7 +1,8 @@
 """The swanctl.conf reader against swanctl itself, over the corpus in tests/configs/.
 
-Each corpus directory holds a ``swanctl.conf`` (plus whatever it includes) and serves as
-``$SWANCTL_DIR`` for relative certificate names. Two proofs per config:
+Each corpus directory holds a ``swanctl.conf`` (plus whatever it includes and the files its
+relative certificate names point to: ``swanctl --file`` resolves them beside the file). Two
+proofs per config:
 
 - byte for byte: ``swanctl --load-all --file`` talks to a recording VICI server; every
   ``load-conn``, ``load-pool`` and ``load-shared`` message it sends must equal, in order,
@@ -38,12 +39,12 @@ def _need_swanctl() -> None:
 
 
 def _load_lib(case: str, monkeypatch: pytest.MonkeyPatch) -> swanctl.SwanctlConfig:
-    monkeypatch.setenv("SWANCTL_DIR", str(CORPUS / case))
+    monkeypatch.setenv("SWANCTL_DIR", "/nonexistent")  # swanctl --file ignores it: so must we
     return swanctl.load(str(CORPUS / case / "swanctl.conf"))
 
 
 def _swanctl_load_all(case: str, uri: str) -> str:
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SWANCTL_DIR": str(CORPUS / case)}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SWANCTL_DIR": "/nonexistent"}
     p = lab.run(lab.SWANCTL, "--load-all", "--file", str(CORPUS / case / "swanctl.conf"), "--uri", uri,
                 env=env)
     assert "invalid config file" not in p.stderr, p.stderr
@@ -127,6 +128,8 @@ LENIENT = {
                  " d : connections.c { x = 1 }\n}\n",
     "secret-missing": "secrets {\n ike-x { id = a }\n}\n",
     "bad-hex": "secrets {\n ike-x { secret = 0xZZ }\n}\n",
+    "odd-hex": "secrets {\n ike-x { secret = 0x123 }\n}\n",  # swanctl guesses a leading 0
+    "colon-inside-a-byte": "secrets {\n ike-x { secret = 0x1:2 }\n}\n",  # swanctl sends 0x02
     "unknown-secret-type": "secrets {\n IKE-x { secret = abc }\n}\n",
 }
 BOTH_REFUSE = {
