@@ -93,8 +93,10 @@ def _params(env: ocf.Env) -> Params:
 
 
 def start(env: ocf.Env) -> int:
+    from ipsec_vip.selection import mobike_warnings
+
     params = _params(env)
-    for warning in control.mobike_warnings(control.select(params)):
+    for warning in mobike_warnings(control.select(params)):
         log.warning("%s", warning)
     log.info("%s", control.start(params, env.instance, StateDir(), _deadline(env)))
     return OCF_SUCCESS
@@ -146,9 +148,10 @@ def monitor(env: ocf.Env) -> int:
 
 def validate(env: ocf.Env) -> int:
     """Level 0: parameters and config only (pcs runs it on any node). Level 10: this host too."""
+    from ipsec_vip.selection import mobike_warnings
+
     params = _params(env)
-    selection = control.select(params)
-    for warning in control.mobike_warnings(selection):
+    for warning in mobike_warnings(control.select(params)):
         log.warning("%s", warning)
     if env.check_level >= 10:
         _validate_host(params, env)

@@ -34,7 +34,6 @@ from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import DEFAULT_SOCKET, Vici
 
 _MAX_MESSAGE = 480 * 1024  # charon drops VICI requests over 512 KiB
-_FALSE = {"no", "false", "disabled", "0", "off"}
 
 
 class Deadline:
@@ -62,23 +61,9 @@ class Health:
 
 def select(params: Params) -> Any:
     """Parse the config and pick this VIP's connections, secrets and pools."""
-    from ipsec_vip import swanctl  # parsing is only needed by start/validate
+    from ipsec_vip import selection, swanctl  # parsing is only needed by start/validate
 
-    return swanctl.select(swanctl.load(params.config), params.vip, params.connections)
-
-
-def mobike_warnings(selection: Any) -> list[str]:
-    from ipsec_vip.swanctl import mobike_enabled
-
-    return [f"connection {name}: mobike is on; clients may follow this node's own address after a "
-            f"failover - set mobike = no" for name, body in selection.connections.items() if mobike_enabled(body)]
-
-
-def _initiators(connections: dict[str, dict[str, Any]]) -> list[str]:
-    """Connections with a child that charon starts by itself (start_action has 'start')."""
-    return [name for name, body in connections.items()
-            if any("start" in str(child.get("start_action", "")).split("|")
-                   for child in (body.get("children") or {}).values() if isinstance(child, dict))]
+    return selection.select(swanctl.load(params.config), params.vip, params.connections)
 
 
 @contextlib.contextmanager
@@ -190,9 +175,11 @@ def read_record(params: Params | None, instance: str, states: StateDir) -> Recor
 
 def _record(params: Params, selection: Any) -> Record:
     """What an instance with ``params`` loads, as its state record says it."""
+    from ipsec_vip.selection import initiators
+
     return Record(vip=str(params.vip), config=params.config, conns=list(selection.connections),
                   secrets=[s["id"] for s in selection.secrets], pools=list(selection.pools),
-                  initiators=_initiators(selection.connections), vici_socket=params.vici_socket,
+                  initiators=initiators(selection.connections), vici_socket=params.vici_socket,
                   interface=params.interface or "")
 
 

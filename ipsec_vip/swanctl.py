@@ -22,24 +22,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import glob
-import ipaddress
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from ipsec_vip.errors import ConfigError
-
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 LIST_KEYS = frozenset({"local_addrs", "remote_addrs", "proposals", "esp_proposals", "ah_proposals",
                        "local_ts", "remote_ts", "vips", "pools", "groups", "cert_policy"})
 FILE_LIST_KEYS = {"certs": "x509", "cacerts": "x509ca", "pubkeys": "pubkey"}
 SHARED_TYPES = ("eap", "xauth", "ntlm", "ike", "ppk")
 OTHER_SECRET_TYPES = ("private", "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12", "token")
-ID_KEYS = ("id", "eap_id", "xauth_id", "aaa_id")
 _SPECIAL = set('#{}:.,="\r\n\t ')
 MAX_INCLUDE_DEPTH = 10
 MAX_FILE_SIZE = 64 << 20
@@ -63,24 +57,16 @@ class SwanctlConfig:
     pools: dict[str, dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class Selection:
-    """What one VIP's resource loads."""
-
-    connections: dict[str, dict[str, Any]]
-    secrets: list[dict[str, Any]] = field(repr=False)
-    pools: dict[str, dict[str, Any]]
-
-
 # --------------------------------------------------------------------------- parsing
 class _Parser:
     """Recursive-descent parser over one file's text; includes recurse."""
 
-    def __init__(self, path: str, text: str, stack: tuple[str, ...], found: list[str] | None = None) -> None:
-        """``found``: collect the real paths of the files read, and skip (not refuse) include cycles."""
+    def __init__(self, path: str, text: str, stack: tuple[str, ...], found: dict[str, bool] | None = None) -> None:
+        """``found``: collect the real paths of the files read (-> whether one sets a ``secret``),
+        and skip (not refuse) include cycles."""
         self.path, self.text, self.pos, self.line, self.stack, self.found = path, text, 0, 1, stack, found
-        if found is not None and stack[-1] not in found:
-            found.append(stack[-1])
+        if found is not None:
+            found.setdefault(stack[-1], False)
 
     def error(self, what: str) -> ConfigError:
         return ConfigError(f"{self.path}:{self.line}: {what}")
@@ -131,7 +117,9 @@ class _Parser:
             c = self.text[self.pos] if self.pos < len(self.text) else ""
             if c == "=":
                 self.pos += 1
-                section.settings[name] = self._value()  # a repeated key keeps its first position
+                value = section.settings[name] = self._value()  # a repeated key keeps its first position
+                if name == "secret" and value is not None and self.found is not None:
+                    self.found[self.stack[-1]] = True
             elif c in "{:":
                 refs = self._refs() if c == ":" else []
                 self._skip()
@@ -356,10 +344,11 @@ def _secret(tree: _Tree, name: str, chain: list[_Section], path: str) -> dict[st
             "owners": [v for k, v in keys.items() if k.startswith("id")]}
 
 
-def files(path: str) -> list[str]:
+def files(path: str) -> dict[str, bool]:
     """``path`` and every file it includes, recursively, as real paths in reading order (an
-    include cycle is listed once, not refused): what ``swanctl --load-all --file`` would read."""
-    found: list[str] = []
+    include cycle is listed once, not refused): what ``swanctl --load-all --file`` would read;
+    each mapped to whether it sets a ``secret``."""
+    found: dict[str, bool] = {}
     try:
         _Parser(os.path.abspath(path), _read(path), (os.path.realpath(path),), found).parse(_Section(""))
     except RecursionError:
@@ -388,53 +377,3 @@ def load(path: str) -> SwanctlConfig:
     except RecursionError:
         raise ConfigError(f"{path}: sections nested too deeply") from None
     return SwanctlConfig(path=path, connections=conns, secrets=secrets, pools=pools)
-
-
-# --------------------------------------------------------------------------- selection
-def _addresses(values: Any) -> list[IPAddress]:
-    out: list[IPAddress] = []
-    for v in values if isinstance(values, list) else []:
-        try:
-            out.append(ipaddress.ip_address(v))
-        except ValueError:
-            continue
-    return out
-
-
-def _ids(body: dict[str, Any]) -> set[str]:
-    return {str(auth[k]) for name, auth in body.items()
-            if isinstance(auth, dict) and name.lower().startswith(("local", "remote"))
-            for k in ID_KEYS if k in auth}
-
-
-def _matches(owner: str, ident: str) -> bool:
-    if owner == ident:
-        return True
-    return ident == "%any" or ("*" in ident and fnmatch.fnmatchcase(owner, ident))
-
-
-def select(config: SwanctlConfig, vip: IPAddress, names: Sequence[str] = ()) -> Selection:
-    """The connections of ``vip`` (or those named), their pools and their secrets."""
-    if names:
-        unknown = [n for n in names if n not in config.connections]
-        if unknown:
-            raise ConfigError(f"connection(s) {', '.join(unknown)} not defined in {config.path}")
-        chosen = {n: config.connections[n] for n in names}
-    else:
-        plain = ipaddress.ip_address(str(vip).split("%")[0])
-        chosen = {n: b for n, b in config.connections.items() if plain in _addresses(b.get("local_addrs"))}
-        if not chosen:
-            raise ConfigError(f"no connection in {config.path} has {vip} in local_addrs")
-    pools = {p: config.pools[p] for body in chosen.values() for p in body.get("pools", []) if p in config.pools}
-    mine = set().union(*(_ids(b) for b in chosen.values()))
-    theirs = set().union(*(_ids(b) for n, b in config.connections.items() if n not in chosen))
-    secrets = [s for s in config.secrets
-               if not s["owners"]
-               or any(_matches(o, i) for o in s["owners"] for i in mine)
-               or not any(o in theirs for o in s["owners"])]
-    return Selection(connections=chosen, secrets=secrets, pools=pools)
-
-
-def mobike_enabled(body: dict[str, Any]) -> bool:
-    """charon's default is on; only an explicit false value turns it off."""
-    return str(body.get("mobike", "yes")).strip().lower() not in ("no", "false", "disabled", "0")

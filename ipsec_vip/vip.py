@@ -65,6 +65,11 @@ def parse_vip(text: str) -> IPAddress:
     return ipaddress.ip_address(addr)
 
 
+def plain(addr: IPAddress) -> IPAddress:
+    """``addr`` without an IPv6 zone (``fe80::1%eth0`` -> ``fe80::1``), for comparisons."""
+    return ipaddress.ip_address(str(addr).split("%")[0])
+
+
 def _align(n: int) -> int:
     return (n + 3) & ~3
 
@@ -120,8 +125,8 @@ def addresses(family: int) -> list[Address]:
 def holders(vip: IPAddress) -> list[Address]:
     """Every local address entry equal to ``vip`` (usable or not)."""
     family = socket.AF_INET6 if vip.version == 6 else socket.AF_INET
-    plain = ipaddress.ip_address(str(vip).split("%")[0])
-    return [a for a in addresses(family) if a.address == plain]
+    want = plain(vip)
+    return [a for a in addresses(family) if a.address == want]
 
 
 def held(vip: IPAddress, interface: str | None = None) -> bool:

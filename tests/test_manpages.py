@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from ipsec_vip import __version__, agent, cli, swanctl
+from ipsec_vip import __version__, agent, cli, selection, swanctl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,7 +90,7 @@ def test_roff_escaping():
 
 def test_the_example_config_is_one_the_agent_accepts():
     cfg = swanctl.load(str(ROOT / "packaging" / "examples" / "swanctl.conf"))
-    sel = swanctl.select(cfg, ipaddress.ip_address("192.0.2.100"))
+    sel = selection.select(cfg, ipaddress.ip_address("192.0.2.100"))
     assert list(sel.connections) == ["rw"] and list(sel.pools) == ["rw-pool"] and len(sel.secrets) == 1
 
 

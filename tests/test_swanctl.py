@@ -1,4 +1,4 @@
-"""swanctl.conf reader: grammar, conversion, selection, errors, fuzzing, scale."""
+"""swanctl.conf reader: grammar, conversion, errors, fuzzing, scale."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipsec_vip import swanctl
+from ipsec_vip import selection, swanctl
 from ipsec_vip.errors import ConfigError
 
 VIP = ipaddress.ip_address("192.0.2.100")
@@ -198,73 +198,6 @@ def test_pools_addrs_single_attributes_lists(tmp_path: Path) -> None:
     assert cfg.pools == {"p": {"addrs": "203.0.113.0/24", "dns": ["192.0.2.53", "192.0.2.54"]}}
 
 
-# --------------------------------------------------------------------------- selection
-SELECT = """
-connections {
- rw { local_addrs = 192.0.2.100
-  pools = p1
-  local { auth = psk
-   id = gw.example.com }
-  remote { auth = psk } }
- rw6 { local_addrs = 2001:db8::100, 192.0.2.100
-  local { auth = psk }
-  remote { auth = psk
-   id = *@example.com } }
- other { local_addrs = 192.0.2.200
-  pools = p2
-  local { auth = psk
-   id = other.example.com }
-  remote { auth = psk } }
-}
-pools { p1 { addrs = 203.0.113.0/25 }
- p2 { addrs = 203.0.113.128/25 } }
-secrets {
- ike-mine { id = gw.example.com
-  secret = aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa }
- ike-client { id = alice@example.com
-  secret = bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb }
- ike-theirs { id = other.example.com
-  secret = cccccccccccccccccccccccccccccccc }
- ike-any { secret = dddddddddddddddddddddddddddddddd }
-}
-"""
-
-
-def test_select_by_vip(tmp_path: Path) -> None:
-    cfg = load(tmp_path, SELECT)
-    sel = swanctl.select(cfg, VIP)
-    assert list(sel.connections) == ["rw", "rw6"]
-    assert list(sel.pools) == ["p1"]
-    assert [s["id"] for s in sel.secrets] == ["ike-mine", "ike-client", "ike-any"]
-
-
-def test_select_by_vip_is_exact_not_textual(tmp_path: Path) -> None:
-    cfg = load(tmp_path, SELECT.replace("192.0.2.200", "192.0.2.1000, 192.0.2.10"))
-    with pytest.raises(ConfigError, match="no connection"):
-        swanctl.select(cfg, ipaddress.ip_address("192.0.2.1"))
-
-
-def test_select_ipv6_any_spelling(tmp_path: Path) -> None:
-    cfg = load(tmp_path, SELECT)
-    assert list(swanctl.select(cfg, ipaddress.ip_address("2001:DB8:0::100")).connections) == ["rw6"]
-
-
-def test_select_by_name_and_unknown_name(tmp_path: Path) -> None:
-    cfg = load(tmp_path, SELECT)
-    sel = swanctl.select(cfg, VIP, ["other"])
-    assert list(sel.connections) == ["other"] and list(sel.pools) == ["p2"]
-    assert [s["id"] for s in sel.secrets] == ["ike-client", "ike-theirs", "ike-any"]
-    with pytest.raises(ConfigError, match="nope"):
-        swanctl.select(cfg, VIP, ["rw", "nope"])
-
-
-@pytest.mark.parametrize(("value", "on"), [(None, True), ("yes", True), ("no", False), ("false", False),
-                                           ("0", False), ("NO", False)])
-def test_mobike_default_on(value: str | None, on: bool) -> None:
-    body = {} if value is None else {"mobike": value}
-    assert swanctl.mobike_enabled(body) is on
-
-
 # --------------------------------------------------------------------------- fuzzing and scale
 ALPHABET = st.sampled_from(list('{}:=,.#"\\ \t\n\r') + list("abc_-01xs") + ["include ", "\xff", "\0", "é"])
 
@@ -290,7 +223,7 @@ def test_ten_thousand_connections(tmp_path: Path) -> None:
     f.write_text(f"connections {{\n{body}}}\nt {{ local {{ auth = psk }}\n remote {{ auth = psk }} }}\n")
     t0 = time.process_time()
     cfg = swanctl.load(str(f))
-    sel = swanctl.select(cfg, VIP)
+    sel = selection.select(cfg, VIP)
     used = time.process_time() - t0
     assert len(sel.connections) == 10_000
     assert sel.connections["c9999"]["children"]["ch"]["local_ts"] == ["10.249.0.0/16"]
@@ -307,7 +240,7 @@ def test_files_lists_includes_as_the_reader_follows_them(tmp_path: Path) -> None
     (tmp_path / "s.conf").write_text('secrets { ike-x { secret = "s" } }\ninclude swanctl.conf\n')  # a cycle
     main = tmp_path / "swanctl.conf"
     main.write_text("connections { include conf.d/*.conf }\ninclude s.conf\n")
-    assert swanctl.files(str(main)) == [str(p.resolve()) for p in (main, tmp_path / "conf.d" / "a.conf",
-                                                                    tmp_path / "s.conf")]
+    real = [str(p.resolve()) for p in (main, tmp_path / "conf.d" / "a.conf", tmp_path / "s.conf")]
+    assert swanctl.files(str(main)) == dict(zip(real, (False, False, True)))
     with pytest.raises(ConfigError, match="include cycle"):
         swanctl.load(str(main))

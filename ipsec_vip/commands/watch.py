@@ -15,6 +15,7 @@ import logging
 from ipsec_vip import control, watch, watchconf
 from ipsec_vip.commands.common import add_vip_options
 from ipsec_vip.errors import ConfigError
+from ipsec_vip.selection import mobike_warnings
 from ipsec_vip.state import StateDir
 
 log = logging.getLogger("ipsec-vip")
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         params, interval = watchconf.settings({k: str(v) for k, v in given.items()})
     # a config that does not parse is refused now, not at the first VIP event
-    for warning in control.mobike_warnings(control.select(params)):
+    for warning in mobike_warnings(control.select(params)):
         log.warning("%s", warning)
     instance = f"watch-{args.name if args.name is not None else params.vip}"
     return watch.Watcher(params, instance, StateDir(args.state_dir), check_interval=interval,
