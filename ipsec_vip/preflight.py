@@ -12,7 +12,6 @@ import contextlib
 import errno
 import math
 import os
-import re
 import socket
 import stat
 import struct
@@ -36,7 +35,6 @@ LIBIPSEC_LIMITS = ("kernel-libipsec: ESP done in userland inside the one charon 
                    "(ipsec0), always UDP-encapsulated on port 4500, much slower than the kernel and buffering "
                    "packets in memory; strongSwan does not recommend it for gateways")
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-_SECRET_KEY = re.compile(r"^\s*secret\s*=", re.MULTILINE)
 
 
 class Finding(NamedTuple):
@@ -293,32 +291,29 @@ def check_config(ctx: Context) -> list[Finding]:
     return out
 
 
-def _addresses(values: Any) -> list[str]:
-    return [str(v) for v in values] if isinstance(values, list) else []
-
-
 def check_connections(ctx: Context) -> list[Finding]:
     """Connections are bound to the VIP (local_addrs), answer rather than start, and have mobike off."""
+    from ipsec_vip import selection
+
     out: list[Finding] = []
     for t, sel in ctx.selections():
         before = len(out)
         for name, body in sel.connections.items():
-            addrs = _addresses(body.get("local_addrs"))
+            addrs = [str(v) for v in body.get("local_addrs") or []]
             where = f"{t.label}: connection {name}"
-            vip = str(t.params.vip).split("%")[0] if t.params is not None else None
-            if not addrs or any(a in ("%any", "0.0.0.0", "::") for a in addrs):  # noqa: S104
+            vip = t.params.vip if t.params is not None else None
+            if not addrs or any(a in ("%any", "%any4", "%any6", "0.0.0.0", "::") for a in addrs):  # noqa: S104
                 out.append(Finding("connections", FAIL, f"{where} has no fixed local_addrs: it would answer on "
                                    "every address of the node", f"set local_addrs = {vip or 'the VIP'}"))
-            elif vip is not None and not any(a.split("/")[0] == vip for a in addrs):
+            elif vip is not None and not selection.bound_to(body, vip):
                 out.append(Finding("connections", WARN, f"{where}: local_addrs {', '.join(addrs)} lacks the VIP "
                                    f"{vip}", f"add {vip} to local_addrs"))
-            starts = [c for c, cb in (body.get("children") or {}).items() if isinstance(cb, dict)
-                      and {"start", "trap"} & set(str(cb.get("start_action", "")).split("|"))]
+            starts = selection.starting_children(body, ("start", "trap"))
             if starts:
                 out.append(Finding("connections", WARN, f"{where}: child(ren) {', '.join(starts)} initiate "
                                    "(start_action start/trap) from the VIP", "fine for site-to-site; for road "
                                    "warriors use start_action = none (the default)"))
-        sel_warnings = control.mobike_warnings(sel)
+        sel_warnings = selection.mobike_warnings(sel)
         out += [Finding("mobike", WARN, f"{t.label}: {w}", "set mobike = no in the connection") for w in sel_warnings]
         if len(out) == before:
             out.append(Finding("connections", OK, f"{t.label}: {len(sel.connections)} VIP-bound responder "
@@ -364,13 +359,15 @@ def check_psk_strength(ctx: Context) -> list[Finding]:
     return out
 
 
-def include_files(path: str) -> list[str]:
-    """``path`` and every file it includes (the reader's own include rules, cycles listed once);
-    only ``path`` itself if the files do not parse, none if it cannot be read."""
+def include_files(path: str) -> dict[str, bool]:
+    """``path`` and every file it includes (the reader's own include rules, cycles listed once),
+    each mapped to whether it sets a ``secret``; only ``path`` itself (holding none that we can
+    tell: the config check reports the parse error) if the files do not parse, none if it cannot
+    be read."""
     try:
         return swanctl.files(path)
     except ConfigError:
-        return [os.path.realpath(path)] if os.path.isfile(path) else []
+        return {os.path.realpath(path): False} if os.path.isfile(path) else {}
 
 
 def check_not_load_all(ctx: Context) -> list[Finding]:
@@ -379,7 +376,7 @@ def check_not_load_all(ctx: Context) -> list[Finding]:
     loaded_by_all = set(include_files(ctx.swanctl_conf))
     out = []
     for config in dict.fromkeys(t.config for t in ctx.targets):
-        files = include_files(config) or [os.path.realpath(config)]
+        files = list(include_files(config)) or [os.path.realpath(config)]
         inside = [f for f in files if f.startswith(os.path.realpath(base) + os.sep)]
         shared = [f for f in files if f in loaded_by_all]
         if inside or shared:
@@ -398,14 +395,12 @@ def check_secret_files(ctx: Context) -> list[Finding]:
     out = []
     done: set[str] = set()
     for config in dict.fromkeys(t.config for t in ctx.targets):
-        for path in include_files(config):
+        for path, holds in include_files(config).items():
             if path in done:
                 continue
             done.add(path)
             try:
                 st = os.stat(path)
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    holds = bool(_SECRET_KEY.search(f.read(64 << 20)))
             except OSError:
                 continue
             if holds and st.st_mode & 0o077:
