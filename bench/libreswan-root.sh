@@ -9,7 +9,11 @@ RA=/usr/lib/ocf/resource.d/heartbeat/ipsec
 [ -x "$ROOT/usr/libexec/ipsec/pluto" ] && [ -f "$ROOT$RA" ] && [ -f "$ROOT/.ipsec-vip-bench-ready" ] && exit 0
 MIRROR=${MIRROR:-$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
 [ -n "$MIRROR" ] || MIRROR=$(awk '/^deb / && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-[ -n "$MIRROR" ] || MIRROR=http://deb.debian.org/debian
+if [ -z "$MIRROR" ]; then
+    echo "no Debian mirror in this host's apt sources (/etc/apt/sources.list.d/debian.sources or" \
+         "/etc/apt/sources.list): set MIRROR=<your mirror's URL> and run again" >&2
+    exit 1
+fi
 command -v debootstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; }
 if grep -q " $ROOT/" /proc/self/mounts; then echo "mounts under $ROOT, refusing to rebuild" >&2; exit 1; fi
 rm -rf "$ROOT"

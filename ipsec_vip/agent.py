@@ -19,6 +19,7 @@ from ipsec_vip.errors import (
     ConfigError,
     IpsecVipError,
     NotInstalledError,
+    PermError,
     StateError,
     ViciError,
     ViciUnreachable,
@@ -37,8 +38,10 @@ META = ocf.MetaData(
     longdesc=(
         "Loads the strongSwan connections, secrets and pools that belong to a floating IP "
         "(VIP) into charon over VICI on the node that holds the VIP, and removes them when "
-        "the resource stops. Colocate it with the VIP's IPaddr2 resource and order it after "
-        "the VIP. The connections come from a swanctl.conf-format file that the distribution's "
+        "the resource stops. Put it first in a group with the VIP's IPaddr2 resource and set "
+        "start_without_vip=true, so its connections are loaded (inert) before the VIP arrives and "
+        "no client retry meets a charon that does not know them yet. The connections come from a "
+        "swanctl.conf-format file that the distribution's "
         "'swanctl --load-all' does not read (default /etc/ipsec-vip/swanctl.conf), so they "
         "are loaded only where the VIP is. Monitor checks that charon answers, that the "
         "connections are loaded and that the VIP is held; at OCF_CHECK_LEVEL 10 it also "
@@ -62,8 +65,8 @@ META = ocf.MetaData(
         ocf.Parameter("interface", "Interface of the VIP",
                       "If set, the VIP counts as held only on this interface.", default=""),
         ocf.Parameter("start_without_vip", "Load before the VIP arrives",
-                      "Start also when this node does not hold the VIP yet, for a group that starts this "
-                      "resource before the VIP (recommended): the connections are inert until the VIP "
+                      "Start also when this node does not hold the VIP yet: set it when this resource starts "
+                      "before the VIP, as in the README's recipe. The connections are inert until the VIP "
                       "arrives, and no client retry can reach the new holder in the moment between the "
                       "VIP's arrival and the connections' loading, when charon would refuse it and a "
                       "strongSwan client would give up for good. Monitor then does not require the VIP "
@@ -77,7 +80,6 @@ META = ocf.MetaData(
         ocf.Action("monitor", DEFAULT_TIMEOUT["monitor"], interval=60, depth=10),
         ocf.Action("validate-all", DEFAULT_TIMEOUT["validate-all"]),
         ocf.Action("meta-data", 5),
-        ocf.Action("usage", 5),
     ),
 )
 
@@ -166,12 +168,16 @@ def _validate_host(params: Params, env: ocf.Env) -> None:
         raise NotInstalledError("strongSwan's charon is not installed on this node")
     if params.interface and not os.path.exists(f"/sys/class/net/{params.interface}"):
         raise ConfigError(f"interface {params.interface} does not exist on this node")
-    StateDir().ensure()
+    try:
+        StateDir().ensure()
+    except StateError as e:
+        raise PermError(str(e)) from None
     try:
         with Vici(params.vici_socket, timeout=_deadline(env).left()) as v:
             v.request("version")
-    except ViciUnreachable:
-        raise IpsecVipError(charon.explain_unreachable(params.vici_socket)) from None
+    except ViciError as e:  # validate-all answers 0, 4, 5 or 6 only
+        detail = charon.explain_unreachable(params.vici_socket) if isinstance(e, ViciUnreachable) else str(e)
+        raise NotInstalledError(detail) from None
 
 
 HANDLERS: Mapping[str, ocf.Handler] = {

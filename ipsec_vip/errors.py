@@ -27,6 +27,12 @@ class ConfigError(IpsecVipError):
     ocf_code = OCF_ERR_CONFIGURED
 
 
+class PermError(IpsecVipError):
+    """This node's files or directories do not allow the action safely."""
+
+    ocf_code = OCF_ERR_PERM
+
+
 class NotInstalledError(IpsecVipError):
     """Software this node needs is missing."""
 

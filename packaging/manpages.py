@@ -36,7 +36,9 @@ def th(name: str, section: int, version: str, manual: str) -> str:
 
 
 def ocf_page(xml_text: str) -> str:
-    """ocf_<provider>_<agent>(7) from an agent's OCF meta-data."""
+    """ocf_<provider>_<agent>(7) from an agent's OCF meta-data and the exit-code table."""
+    from ipsec_vip import exitcodes
+
     root = ET.fromstring(xml_text)  # noqa: S314 -- our own agent's meta-data, read at build time
     agent = root.get("name", "")
     page = f"ocf_{PROVIDER}_{agent}"
@@ -60,6 +62,9 @@ def ocf_page(xml_text: str) -> str:
     for a in root.iter("action"):
         attrs = ", ".join(f"{k}={v}" for k, v in a.attrib.items() if k != "name")
         out += [".TP", f"\\fB{esc(a.get('name', ''))}\\fR", esc(f"suggested minimum: {attrs}" if attrs else "")]
+    out.append(".SH EXIT STATUS")
+    for action, codes in exitcodes.AGENT.items():
+        out += [".TP", f"\\fB{esc(action)}\\fR", *(f"{code}: {esc(text)}.\n.br" for code, text in codes)]
     required = " ".join(f"{p.get('name')}=..." for p in root.iter("parameter") if p.get("required") == "1")
     out += [".SH EXAMPLE CRM SHELL", ".nf",
             esc(f"primitive p_{agent} ocf:{PROVIDER}:{agent} params {required} op monitor interval=10s timeout=20s"),
@@ -103,7 +108,9 @@ def _usage(p: argparse.ArgumentParser) -> list[str]:
 
 
 def cli_page(p: argparse.ArgumentParser, version: str) -> str:
-    """ipsec-vip(8) from the argparse parser."""
+    """ipsec-vip(8) from the argparse parser and the exit-code table."""
+    from ipsec_vip import exitcodes
+
     prog = p.prog
     commands = list(_subcommands(p))
     out = [th(prog, 8, version, "System Administration"),
@@ -119,11 +126,10 @@ def cli_page(p: argparse.ArgumentParser, version: str) -> str:
         opts = _options(sub)
         if opts:
             out += [".PP", "Options:", ".RS", *opts, ".RE"]
-    out += [".SH EXIT STATUS",
-            "0 on success; otherwise the OCF exit code of the agent for the same situation: "
-            "1 generic error (for example charon unreachable), 2 invalid argument, 5 strongSwan not installed, "
-            "6 configuration invalid.",
-            ".SH FILES",
+    out.append(".SH EXIT STATUS")
+    for code, text in exitcodes.CLI:
+        out += [".TP", f"\\fB{code}\\fR", f"{esc(text)}."]
+    out += [".SH FILES",
             ".TP", "\\fI/etc/ipsec\\-vip/swanctl.conf\\fR",
             "the default config: connections, secrets and pools of the VIPs, in swanctl.conf format",
             ".TP", "\\fI/etc/ipsec\\-vip/watch/NAME.conf\\fR",

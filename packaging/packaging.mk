@@ -35,7 +35,7 @@ man: $(MAN_PAGES)
 build/man/ocf_ipsec-vip_strongswan.7: ocf/strongswan $(wildcard ipsec_vip/*.py) packaging/manpages.py
 	@mkdir -p $(@D)
 	PYTHONPATH=$(CURDIR) $(SYSTEM_PYTHON) ocf/strongswan meta-data > $@.xml
-	$(SYSTEM_PYTHON) packaging/manpages.py ocf $@.xml > $@
+	PYTHONPATH=$(CURDIR) $(SYSTEM_PYTHON) packaging/manpages.py ocf $@.xml > $@
 	rm -f $@.xml
 
 build/man/ipsec-vip.8: $(wildcard ipsec_vip/*.py ipsec_vip/commands/*.py) packaging/manpages.py

@@ -56,3 +56,12 @@ def test_targets_against_numbers():
     assert v["monitor flat: @1000 ≤ 1.1× @1"] == "**not met**"  # 23 > 22
     assert v["monitor ≤ 5× upstream @1 tunnel"] == "**met**"  # 4 times
     assert v["start @1000 conns ≤ 1.0× swanctl --load-conns of the same file"] == "**met**"
+
+
+def test_libreswan_root_names_no_mirror_of_its_own():
+    """The mirror comes from the host's apt sources (or MIRROR), never a hard-coded host."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "libreswan-root.sh"
+    code = [line for line in script.read_text().splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in code if "://" in line]

@@ -40,7 +40,19 @@ def test_meta_data_describes_the_contract():
     for p in params.values():
         assert p.findtext("longdesc") and p.findtext("shortdesc")
     actions = {a.get("name") for a in root.iter("action")}
-    assert actions == {"start", "stop", "monitor", "validate-all", "meta-data", "usage"}
+    # only what Pacemaker schedules: pcs copies every advertised action into the resource's CIB
+    # entry as an "op" (an advertised usage became "op usage" in every resource)
+    assert actions == {"start", "stop", "monitor", "validate-all", "meta-data"}
+
+
+def test_every_exit_code_the_code_can_return_is_in_the_published_table():
+    from ipsec_vip import errors, exitcodes
+
+    agent_codes = {code for rows in exitcodes.AGENT.values() for code, _ in rows}
+    classes = [errors.IpsecVipError, *(c for c in vars(errors).values()
+                                       if isinstance(c, type) and issubclass(c, errors.IpsecVipError))]
+    assert {c.ocf_code for c in classes} <= agent_codes
+    assert {c for c, _ in exitcodes.CLI} >= {c.ocf_code for c in classes if c is not errors.PermError} | {2}
 
 
 def test_meta_data_escapes_xml():

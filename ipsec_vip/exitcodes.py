@@ -1,0 +1,48 @@
+"""The exit codes users can rely on, in one table: the README/docs tables and the man pages'
+EXIT STATUS sections are generated from it (``python -m ipsec_vip.exitcodes``), and tests check
+that the published copies match. Not imported by the agent's actions."""
+
+from __future__ import annotations
+
+# action -> (code, when); the agent's codes (OCF 1.1; 190 = Pacemaker's "degraded").
+AGENT: dict[str, tuple[tuple[int, str], ...]] = {
+    "start": ((0, "loaded (or already started: nothing disturbed)"),
+              (1, "the VIP is not held here (nothing loaded), or charon unreachable or failing"),
+              (5, "strongSwan's charon is not installed"),
+              (6, "parameters invalid, config does not parse, or charon refused it (rolled back)")),
+    "stop": ((0, "nothing of ours is left loaded (also with a dead charon or a broken config)"),
+             (1, "charon did not answer in time: our connections may still be loaded")),
+    "monitor": ((0, "started: charon answers, every connection loaded, VIP held"),
+                (1, "started but broken: connections gone, VIP gone, charon not answering"),
+                (7, "not started here (a probe: also wherever nothing of ours can run)"),
+                (190, "degraded, at OCF_CHECK_LEVEL=10: an initiator connection is not established")),
+    "validate-all": ((0, "valid"),
+                     (4, "level 10: the state directory under HA_RSCTMP is unsafe or unusable"),
+                     (5, "level 10: charon not installed, or not answering on vici_socket"),
+                     (6, "parameters or config invalid; level 10: interface absent")),
+    "meta-data, usage": ((0, "always, as any user"),),
+    "anything else": ((3, "not implemented"),),
+}
+
+# ipsec-vip(8)
+CLI: tuple[tuple[int, str], ...] = (
+    (0, "success (check: every finding ok; watch: stopped by SIGTERM or SIGINT)"),
+    (1, "failure: charon unreachable or refusing, the VIP not held (up), problems found (check)"),
+    (2, "the command line does not parse (unknown command or option, missing argument)"),
+    (5, "strongSwan's charon is not installed"),
+    (6, "an argument's value or the config is invalid (as the agent's 6)"),
+)
+
+
+def markdown() -> str:
+    """Both tables as Markdown (what docs/reference.md carries between its markers)."""
+    rows = ["| action | exit | when |", "|---|---|---|"]
+    for action, codes in AGENT.items():
+        rows += [f"| `{action}` | {code} | {text} |" for code, text in codes]
+    rows += ["", "| `ipsec-vip` exit | when |", "|---|---|"]
+    rows += [f"| {code} | {text} |" for code, text in CLI]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
