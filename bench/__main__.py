@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--libreswan-root", default=str(common.CACHE / "lsroot"),
                    help="cached Debian root with libreswan (built on first use)")
     p.add_argument("--out", default=str(common.ROOT / "bench" / "results"), help="where latest.md/.json go")
-    p.add_argument("--readme", default="", help="README to update between the bench markers")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("make bench needs root (network namespaces, chroot, Pacemaker lab)", file=sys.stderr)
@@ -122,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / "latest.md").write_text(md)
     (out / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
     pngs = report.plots(results, out)
-    if args.readme:
-        report.update_readme(Path(args.readme), results, md)
     print()
     print(md)
     log(f"written {out / 'latest.md'}, {out / 'latest.json'}" + (f", {', '.join(pngs)}" if pngs else

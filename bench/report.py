@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 OURS, SHELL, UPSTREAM = "ipsec-vip", "swanctl-agent", "ocf:heartbeat:ipsec"
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
 def _rows(results: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -228,15 +226,6 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return [path.name]
-
-
-def update_readme(readme: Path, results: dict[str, Any], md: str) -> None:
-    """Replace the text between the bench markers with the latest table."""
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        return
-    body = f"{BEGIN}\n{md}\nRaw samples: `bench/results/latest.json`.\n{END}"
-    readme.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: body, text, flags=re.S))
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,61 @@
+"""The operators' README and the reference docs agree with the code and the lab (no root needed)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from ipsec_vip import exitcodes
+from tests import cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_is_a_first_screen_not_a_reference():
+    assert len(README) < 15_000
+    for must in ("make demo", "make check", "## Install from packages", "## Without Pacemaker"):
+        assert must in README
+
+
+def test_every_doc_the_readme_links_exists():
+    for link in re.findall(r"\]\(([^)#]+)\)", README):
+        if not link.startswith("http"):
+            assert (ROOT / link).exists(), link
+
+
+def test_published_exit_codes_are_the_code_table():
+    text = (ROOT / "docs" / "agent.md").read_text()
+    block = text.split("<!-- exitcodes:begin -->\n", 1)[1].split("<!-- exitcodes:end -->", 1)[0]
+    assert block == exitcodes.markdown(), "regenerate: python -m ipsec_vip.exitcodes"
+
+
+def _blocks(after: str) -> list[str]:
+    """The shell code blocks of the README section whose heading starts with ``after``."""
+    section = README.split(after, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.*?)```", section, re.S)
+
+
+def _norm(line: str) -> str:
+    """A recipe line without what only the lab sets (nic=, monitor intervals, the config path)."""
+    line = re.sub(r"\s+", " ", line.replace("\\\n", " ")).strip()
+    line = re.sub(r" nic=\S+", "", line)
+    line = re.sub(r"interval=\d+s", "interval=*", line)
+    return re.sub(r"config=\S+", "config=*", line)
+
+
+def test_the_lab_runs_the_readmes_pcs_recipe():
+    readme = [_norm(c) for block in _blocks("## Create the resource")
+              for c in re.split(r"\n(?=pcs )", block.replace("\\\n", " ")) if c.startswith("pcs ")]
+    lab = {_norm(shlex.join(c)) for c in cluster.pcs_commands("/x.conf")}
+    assert readme and set(readme) <= lab, set(readme) - lab
+
+
+def test_the_lab_runs_the_readmes_crm_recipe():
+    block = next(b for b in _blocks("## Create the resource") if b.startswith("crm configure"))
+    readme = [_norm(line) for line in block.replace("\\\n", " ").splitlines()[1:-1]]
+    lab = [_norm(line) for line in cluster.crm_configure("/x.conf").replace("\\\n", " ").splitlines()]
+    # the lab's group holds one more VIP after the README's (the README says to add them there)
+    missing = [r for r in readme if not any(x == r or x.startswith(r + " ") for x in lab)]
+    assert readme and not missing, missing
