@@ -71,8 +71,14 @@ def _int(text: str | None, default: int) -> int:
         return default
 
 
-def _true(text: str | None) -> bool:
-    return (text or "").strip().lower() in ("1", "yes", "true", "on", "y")
+def crm_boolean(text: str | None) -> bool | None:
+    """A Pacemaker boolean (crm_is_true's spellings); None when ``text`` is none of them."""
+    value = (text or "").strip().lower()
+    if value in ("1", "yes", "true", "on", "y"):
+        return True
+    if value in ("0", "no", "false", "off", "n"):
+        return False
+    return None
 
 
 def setup_logging(instance: str, environ: Mapping[str, str]) -> None:
@@ -83,7 +89,7 @@ def setup_logging(instance: str, environ: Mapping[str, str]) -> None:
     """
     facility = (environ.get("HA_LOGFACILITY") or "").strip().lower()
     logfile = environ.get("HA_LOGFILE")
-    level = DEBUG if _true(environ.get("HA_debug")) else INFO
+    level = DEBUG if crm_boolean(environ.get("HA_debug")) else INFO
 
     def setup(logger: logging.Logger) -> None:
         import logging

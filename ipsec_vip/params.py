@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from ipsec_vip.errors import ConfigError
+from ipsec_vip.ocf import crm_boolean
 from ipsec_vip.vici_session import DEFAULT_SOCKET, socket_path
 from ipsec_vip.vip import IPAddress, parse_vip
 
@@ -63,9 +64,7 @@ def parse(values: Mapping[str, str]) -> Params:
 
 
 def _boolean(name: str, text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("", "0", "no", "false", "off", "n"):
-        return False
-    if value in ("1", "yes", "true", "on", "y"):
-        return True
-    raise ConfigError(f"{name} must be true or false, not {text!r}")
+    value = crm_boolean(text) if text.strip() else False
+    if value is None:
+        raise ConfigError(f"{name} must be true or false, not {text!r}")
+    return value
