@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from ipsec_vip import __version__
 from ipsec_vip.errors import OCF_ERR_GENERIC, IpsecVipError
+from ipsec_vip.log import SYSLOG_PRIORITY, stderr_is_journal
 
 log = logging.getLogger("ipsec-vip")
 
@@ -27,19 +28,35 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class JournalFormatter(logging.Formatter):
+    """Under systemd (the watch unit) each line carries its priority as an sd-daemon(3) prefix,
+    so `journalctl -p warning` finds the warnings; the level name is then left out."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{SYSLOG_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.DEBUG if args.verbose else logging.INFO)
+    level = logging.DEBUG if args.verbose else logging.INFO
+    journal = stderr_is_journal()
+    err = "<3>" if journal else ""  # the error lines below, at priority err in the journal
+    if journal:
+        handler = logging.StreamHandler()
+        handler.setFormatter(JournalFormatter("%(message)s"))
+        logging.basicConfig(handlers=[handler], level=level)
+    else:
+        logging.basicConfig(format="%(levelname)s: %(message)s", level=level)
     try:
         return int(args.run(args))
     except IpsecVipError as e:
-        print(f"ipsec-vip {args.command}: {e}", file=sys.stderr)
+        print(f"{err}ipsec-vip {args.command}: {e}", file=sys.stderr)
         return e.ocf_code
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug: say so briefly, never with secret-bearing detail
         log.debug("%s failed", args.command, exc_info=True)
-        print(f"ipsec-vip {args.command}: internal error: {type(e).__name__}", file=sys.stderr)
+        print(f"{err}ipsec-vip {args.command}: internal error: {type(e).__name__}", file=sys.stderr)
         return OCF_ERR_GENERIC
 
 

@@ -16,6 +16,20 @@ if TYPE_CHECKING:
 
 NAME = "ipsec-vip"
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
+# logging levels as syslog(3) priorities (LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERR, LOG_CRIT)
+SYSLOG_PRIORITY = {DEBUG: 7, INFO: 6, WARNING: 4, ERROR: 3, 50: 2}
+
+
+def stderr_is_journal() -> bool:
+    """stderr is connected to systemd's journal: $JOURNAL_STREAM names its device:inode
+    (systemd.exec(5)), so a "<N>" prefix sets a line's priority (sd-daemon(3))."""
+    import os
+
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
 
 
 class LazyLogger:

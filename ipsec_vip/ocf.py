@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from ipsec_vip.errors import OCF_ERR_GENERIC, OCF_ERR_UNIMPLEMENTED, OCF_SUCCESS, IpsecVipError
-from ipsec_vip.log import DEBUG, INFO, log
+from ipsec_vip.log import DEBUG, INFO, SYSLOG_PRIORITY, log
 
 if TYPE_CHECKING:
     import logging
@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 _FACILITIES = {name: getattr(syslog, "LOG_" + name.upper()) for name in (
     "auth", "authpriv", "cron", "daemon", "kern", "lpr", "mail", "news", "syslog", "user", "uucp",
     "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7")}
-_PRIORITY = {10: syslog.LOG_DEBUG, 20: syslog.LOG_INFO, 30: syslog.LOG_WARNING, 40: syslog.LOG_ERR,
-             50: syslog.LOG_CRIT}
 
 
 def escape(text: str) -> str:
@@ -102,7 +100,7 @@ def setup_logging(instance: str, environ: Mapping[str, str]) -> None:
                 syslog.openlog(ident, syslog.LOG_PID, code)
 
             def emit(self, record: logging.LogRecord) -> None:
-                syslog.syslog(_PRIORITY.get(record.levelno, syslog.LOG_INFO), self.format(record))
+                syslog.syslog(SYSLOG_PRIORITY.get(record.levelno, syslog.LOG_INFO), self.format(record))
 
         logger.handlers.clear()
         logger.propagate = False
