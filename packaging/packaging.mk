@@ -22,9 +22,10 @@ PKG_BUILD     ?= build/pkg
 # vici has no Debian 12 package: `make deb` builds python3-vici from this PyPI sdist (MIT).
 VICI_VERSION  := 6.0.3
 VICI_SHA256   := ec926e7a29b6ea9112fe406d1851c3c46143ac625e28089e3d4efce4eac88e56
-# Build tools (dpkg-buildpackage requires build-essential even for Architecture: all) and test tools.
+# Build tools (dpkg-buildpackage requires build-essential even for Architecture: all) and test tools
+# (systemd-container: systemd-nspawn boots the Debian 12 root of tests/test_booted.py).
 DEB_PACKAGES  := build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-	python3-wheel python3-pip lintian debootstrap rpm man-db
+	python3-wheel python3-pip lintian debootstrap systemd-container rpm man-db
 APT_PACKAGES  += $(DEB_PACKAGES)
 
 .PHONY: man install-lib install-data deb rpm
