@@ -50,14 +50,18 @@ def _nspawn_pids(root: Path) -> list[int]:
 
 
 def clean_leftovers() -> None:
-    """Remove the containers and roots of runs whose process is gone."""
+    """Remove the containers, roots and console logs of runs whose process is gone."""
     for path in BASE.glob("ipsec-vip-booted-*"):
         m = _LEFTOVER.match(path.name)
-        if m and not _alive(int(m[1])):
-            for pid in _nspawn_pids(path):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            remove_tree(path)
+        if not m or _alive(int(m[1])):
+            continue
+        if path.suffix == ".console":
+            path.unlink(missing_ok=True)
+            continue
+        for pid in _nspawn_pids(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        remove_root(path)
 
 
 class Container:
@@ -75,7 +79,7 @@ class Container:
         dbus-daemon could not set up inotify: multi-user.target never came) is accepted after
         STALL seconds, the tests start the units they need. BootError if not even basic.target
         came within timeout."""
-        log = root.parent / f"{root.name}.console"
+        log = console_log(root)
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 ["systemd-nspawn", "--register=no", "--keep-unit", "--private-network", "-b", "-D", str(root)],
@@ -147,6 +151,16 @@ class Container:
             print(f"\ncontainer did not power off in {timeout:.0f} s, killed: {self.console_tail()}")
             self.proc.kill()
             self.proc.wait(30)
+
+
+def remove_root(path: Path) -> None:
+    """A root of new_root() and its console log."""
+    remove_tree(path)
+    console_log(path).unlink(missing_ok=True)
+
+
+def console_log(root: Path) -> Path:
+    return root.parent / f"{root.name}.console"
 
 
 def new_root() -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests import nspawn, readme
-from tests.debroot import booted_tarball, remove_tree, run, unpack
+from tests.debroot import booted_tarball, run, unpack
 
 pytestmark = [pytest.mark.packaging, pytest.mark.root, pytest.mark.slow]
 
@@ -123,7 +123,7 @@ def booted() -> Iterator[Booted]:
     finally:
         if c is not None:
             c.stop()
-        remove_tree(path)
+        nspawn.remove_root(path)
         shutil.rmtree(out, ignore_errors=True)
 
 
