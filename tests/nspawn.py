@@ -49,6 +49,19 @@ def _nspawn_pids(root: Path) -> list[int]:
     return found
 
 
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
+
+
+def _kill_container(nspawn_pid: int) -> None:
+    """SIGKILL the container's PID 1 (which ends its PID namespace), then nspawn."""
+    for pid in [*_children(nspawn_pid), nspawn_pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def clean_leftovers() -> None:
     """Remove the containers, roots and console logs of runs whose process is gone."""
     for path in BASE.glob("ipsec-vip-booted-*"):
@@ -59,8 +72,7 @@ def clean_leftovers() -> None:
             path.unlink(missing_ok=True)
             continue
         for pid in _nspawn_pids(path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            _kill_container(pid)
         remove_root(path)
 
 
@@ -99,11 +111,10 @@ class Container:
                 raise BootError(f"systemd-nspawn exited {self.proc.returncode}: {self.console_tail()}")
             if time.monotonic() > deadline:
                 raise BootError(f"no systemd in the container after {timeout:.0f} s: {self.console_tail()}")
-            with contextlib.suppress(OSError):
-                children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-                for child in children:
+            for child in _children(self.proc.pid):
+                with contextlib.suppress(OSError):
                     if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
-                        self.pid1 = int(child)
+                        self.pid1 = child
             time.sleep(0.1)
         state, basic_at = "", None
         while time.monotonic() < deadline:
@@ -142,14 +153,16 @@ class Container:
     def stop(self, timeout: float = 60) -> None:
         """Power off through PID 1 (SIGRTMIN+4, what `systemctl poweroff` asks for; it needs
         neither logind nor dbus, which hung the poweroff once), else end the nspawn process."""
-        if self.proc.poll() is None and self.pid1:
+        if self.proc.poll() is None and not self.pid1:
+            _kill_container(self.proc.pid)
+        elif self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid1, signal.SIGRTMIN + 4)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             print(f"\ncontainer did not power off in {timeout:.0f} s, killed: {self.console_tail()}")
-            self.proc.kill()
+            _kill_container(self.proc.pid)
             self.proc.wait(30)
 
 
