@@ -6,7 +6,7 @@ DESTDIR  ?=
 PY       := $(VENV)/bin/python
 APT_PACKAGES := strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins \
 	libstrongswan-extra-plugins resource-agents pacemaker pacemaker-cli-utils corosync pcs crmsh \
-	libxml2-utils iproute2 iputils-ping iputils-arping procps util-linux python3-venv nftables iptables systemd
+	libxml2-utils iproute2 iputils-ping iputils-arping procps util-linux python3-venv nftables iptables systemd tcpdump
 PYTEST_ARGS ?=
 
 .PHONY: check deps venv lint test demo bench install clean

@@ -120,11 +120,11 @@ def test_package_versions(built):
     assert built.deb.name == f"ipsec-vip_{__version__}_all.deb"
     assert built.rpm.name.startswith(f"ipsec-vip-{__version__}-1")
     fields = run(["dpkg-deb", "-f", str(built.deb), "Depends", "Recommends"]).stdout
-    for dep in ("python3-vici", "python3-psutil", "strongswan-charon | charon-systemd",
+    for dep in ("python3-vici", "python3-psutil", "python3-yaml", "strongswan-charon | charon-systemd",
                 "strongswan-swanctl", "resource-agents", "pacemaker"):
         assert dep in fields
     requires = run(["rpm", "-qRp", str(built.rpm)]).stdout
-    assert {"python3-vici >= 5.8", "python3-psutil >= 5.9.4", "strongswan"} <= set(requires.splitlines())
+    assert {"python3-vici >= 5.8", "python3-psutil >= 5.9.4", "python3-pyyaml", "strongswan"} <= set(requires.splitlines())
 
 
 def test_lintian_leaves_only_explained_tags(built):
