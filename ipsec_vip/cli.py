@@ -15,7 +15,7 @@ from ipsec_vip.log import SYSLOG_PRIORITY, stderr_is_journal
 
 log = logging.getLogger("ipsec-vip")
 
-COMMANDS = ("updown", "status", "check", "psk", "watch")
+COMMANDS = ("updown", "status", "check", "psk", "watch", "mesh")
 
 
 def parser() -> argparse.ArgumentParser:

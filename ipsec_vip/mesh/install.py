@@ -1,0 +1,94 @@
+"""Writing rendered files, comparing installed ones, and loading the mesh into charon without
+disturbing what others (the agent) loaded."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Sequence
+from typing import Any
+
+from ipsec_vip.errors import IpsecVipError, ViciCommandError
+from ipsec_vip.mesh.render import SWANCTL_FILE, File
+
+PREFIX = "mesh-"
+
+
+def write(root: str, files: Sequence[File]) -> list[str]:
+    """Write each file under ``root`` atomically (temp file created with its final mode, then
+    renamed over the old one); returns the paths written."""
+    out = []
+    for f in files:
+        path = os.path.join(root, f.path)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, f.mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as out_file:
+                os.fchmod(out_file.fileno(), f.mode)  # the umask may have taken bits off
+                out_file.write(f.text)
+                out_file.flush()
+                os.fsync(out_file.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise IpsecVipError(f"cannot write {path}: {e.strerror}") from None
+        out.append(path)
+    return out
+
+
+def file_drift(root: str, files: Sequence[File]) -> list[str]:
+    """Differences between the files under ``root`` and what render would write."""
+    out = []
+    for f in files:
+        path = os.path.join(root, f.path)
+        try:
+            st = os.lstat(path)
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            out.append(f"{path}: missing")
+            continue
+        except OSError as e:
+            out.append(f"{path}: cannot read: {e.strerror}")
+            continue
+        if text != f.text:
+            old, new = text.splitlines(), f.text.splitlines()
+            line = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+            out.append(f"{path}: differs from the rendered file from line {line + 1}")
+        if stat.S_IMODE(st.st_mode) != f.mode:
+            out.append(f"{path}: mode {stat.S_IMODE(st.st_mode):04o}, rendered {f.mode:04o}")
+    return out
+
+
+def loaded_drift(v: Any, rendered: dict[str, Any], secret_ids: Sequence[str]) -> list[str]:
+    """Rendered connections and secrets charon does not have; mesh connections it has that
+    render no longer writes."""
+    conns = set(v.request("get-conns")["conns"])
+    shared = set(v.request("get-shared").get("keys", []))
+    out = [f"connection {c}: not loaded in charon" for c in sorted(rendered) if c not in conns]
+    out += [f"connection {c}: loaded in charon but no longer rendered"
+            for c in sorted(conns) if c.startswith(PREFIX) and c not in rendered]
+    out += [f"secret {s}: not loaded in charon" for s in secret_ids if s not in shared]
+    return out
+
+
+def load(v: Any, root: str, timeout: float = 60.0) -> tuple[int, int]:
+    """Load the installed mesh file's secrets and connections, replacing ours and unloading mesh
+    connections it no longer has; connections and secrets of others stay. Returns (loaded, unloaded)."""
+    from ipsec_vip import swanctl
+    from ipsec_vip.control import Deadline, _load  # the agent's loader: secrets, then conns in batches
+
+    config = swanctl.load(os.path.join(root, SWANCTL_FILE))
+    _load(v, config, Deadline(timeout))
+    stale = [c for c in v.request("get-conns")["conns"]
+             if c.startswith(PREFIX) and c not in config.connections]
+    for name in stale:
+        try:
+            v.request("unload-conn", {"name": name})
+        except ViciCommandError as e:
+            if "not found" not in e.errmsg:
+                raise
+    return len(config.connections), len(stale)
