@@ -72,6 +72,11 @@ META = ocf.MetaData(
                       "strongSwan client would give up for good. Monitor then does not require the VIP "
                       "(the VIP's own monitor watches it). Off: start fails (1) without the VIP.",
                       default="false", type="boolean"),
+        ocf.Parameter("fallback_connections", "Connections to the VIP from this node",
+                      "Names of connections loaded by other means (e.g. a mesh node's tunnel to this VIP, "
+                      "mesh-NET-to-vip) that this node initiates while it does not hold the VIP and "
+                      "terminates when it takes the VIP: start terminates them, stop initiates them once "
+                      "the VIP has left. Separated by spaces or commas; empty: none.", default=""),
     ),
     actions=(
         ocf.Action("start", DEFAULT_TIMEOUT["start"]),

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ipsec_vip import charon
+from ipsec_vip import charon, fallback
 from ipsec_vip import vip as vipmod
 from ipsec_vip.errors import (
     ConfigError,
@@ -115,6 +115,7 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -
         missing = [c for c in record.conns if c not in now]
         if missing:
             raise IpsecVipError(f"charon accepted but does not list connection(s) {', '.join(missing)}")
+        fallback.taking_vip(v, params.fallback_connections, deadline)
     inert = "" if held else " (inert until the VIP arrives)"
     return (f"loaded {len(record.conns)} connections, {len(record.secrets)} secrets, "
             f"{len(record.pools)} pools for VIP {params.vip}{inert}")
@@ -209,6 +210,8 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
             return f"charon is not running on {uri}: nothing of ours can be loaded"
         here = vipmod.held(vip_addr)
         left = _unload(v, record, states.others(instance), deadline, terminate=not here, loaded=loaded)
+        if params is not None and not here:
+            fallback.left_vip(v, params.fallback_connections, deadline)
         still = set(v.request("get-conns", timeout=deadline.left())["conns"]) & set(record.conns)
         if still:
             raise IpsecVipError(f"connection(s) {', '.join(sorted(still))} still loaded after unload")

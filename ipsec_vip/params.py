@@ -25,16 +25,17 @@ class Params(NamedTuple):
     vici_socket: str = DEFAULT_SOCKET
     interface: str | None = None
     start_without_vip: bool = False
+    fallback_connections: tuple[str, ...] = ()
 
 
-def split_names(text: str) -> tuple[str, ...]:
+def split_names(text: str, what: str = "connections") -> tuple[str, ...]:
     """'a, b c' -> ('a', 'b', 'c'); names must be valid swanctl.conf section names."""
     names = tuple(n for n in re.split(r"[\s,]+", text.strip()) if n)
     bad = [n for n in names if _BAD_NAME.search(n)]
     if bad:
-        raise ConfigError(f"connections: {bad[0]!r} is not a valid connection name")
+        raise ConfigError(f"{what}: {bad[0]!r} is not a valid connection name")
     if len(set(names)) != len(names):
-        raise ConfigError("connections: a connection is named twice")
+        raise ConfigError(f"{what}: a connection is named twice")
     return names
 
 
@@ -60,7 +61,8 @@ def parse(values: Mapping[str, str]) -> Params:
         raise ConfigError(f"interface {interface!r} is not a valid interface name")
     return Params(vip=vip, config=config, connections=split_names(values.get("connections", "")),
                   vici_socket=uri, interface=interface,
-                  start_without_vip=_boolean("start_without_vip", values.get("start_without_vip", "")))
+                  start_without_vip=_boolean("start_without_vip", values.get("start_without_vip", "")),
+                  fallback_connections=split_names(values.get("fallback_connections", ""), "fallback_connections"))
 
 
 def _boolean(name: str, text: str) -> bool:

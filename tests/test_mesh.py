@@ -271,3 +271,15 @@ def test_nft_accepts_ike_esp_from_encrypted_networks_and_fails_closed(inv_dir: P
     assert "ip saddr 172.16.1.0/24 meta l4proto { esp, ah } accept" in text
     assert "172.16.0.0/24" not in text  # tenant stays in clear
     assert 'ip daddr { 172.16.1.11 } drop comment "storage: fail_closed"' in text
+
+
+# --------------------------------------------------------------------------- the agent's fallback_connections
+def test_fallback_connections_parameter() -> None:
+    from ipsec_vip.agent import META
+    from ipsec_vip.params import parse
+
+    assert parse({"vip": "192.0.2.1", "fallback_connections": "a, b c"}).fallback_connections == ("a", "b", "c")
+    assert parse({"vip": "192.0.2.1"}).fallback_connections == ()
+    with pytest.raises(ConfigError, match=r"fallback_connections: 'a\.b' is not a valid connection name"):
+        parse({"vip": "192.0.2.1", "fallback_connections": "a.b"})
+    assert "fallback_connections" in [p.name for p in META.parameters]

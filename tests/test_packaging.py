@@ -124,7 +124,8 @@ def test_package_versions(built):
                 "strongswan-swanctl", "resource-agents", "pacemaker"):
         assert dep in fields
     requires = run(["rpm", "-qRp", str(built.rpm)]).stdout
-    assert {"python3-vici >= 5.8", "python3-psutil >= 5.9.4", "python3-pyyaml", "strongswan"} <= set(requires.splitlines())
+    assert {"python3-vici >= 5.8", "python3-psutil >= 5.9.4", "python3-pyyaml", "strongswan"} <= \
+        set(requires.splitlines())
 
 
 def test_lintian_leaves_only_explained_tags(built):

@@ -20,4 +20,5 @@ def add_vip_options(p: argparse.ArgumentParser, vip_required: bool = True) -> No
 def params_from(args: argparse.Namespace) -> Params:
     """The agent's Params from the options (ConfigError when invalid)."""
     return parse({"vip": args.vip or "", "config": args.config, "connections": args.connections,
-                  "vici_socket": args.vici_socket, "interface": args.interface})
+                  "vici_socket": args.vici_socket, "interface": args.interface,
+                  "fallback_connections": getattr(args, "fallback_connections", "")})

@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        ("down", "unload them (the agent's stop)")):
         p = sub.add_parser(name, help=text, description=text)
         add_vip_options(p)
+        p.add_argument("--fallback-connections", default="", metavar="NAMES",
+                       help="connections to initiate after down and terminate on up (the agent's "
+                            "fallback_connections)")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole operation (default 30)")
         p.set_defaults(run=run)
 
