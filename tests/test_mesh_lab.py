@@ -1,0 +1,210 @@
+"""`ipsec-vip mesh` in a lab of real charons (tests/meshlab.py): what is encrypted is only IKE/ESP
+on the wire, what is left in clear is clear, the VIP's tunnels follow the VIP by themselves, and
+`mesh check`/`mesh load` behave. The tests run in order on one lab."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests import lab
+from tests.meshlab import MARKER, NODES, TO_VIP, VIP, VIP_CONN, MeshLab, addr, cli
+
+pytestmark = [pytest.mark.root, pytest.mark.charon, pytest.mark.slow]
+
+EVIDENCE: list[str] = []
+CLEAR_ONLY = "ip and not (udp port 500 or udp port 4500 or esp or ah)"
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[MeshLab]:
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the mesh lab needs root; CI must run it")
+        pytest.skip("needs root")
+    m = MeshLab.build()
+    try:
+        m.take_vip("controller-0")
+        yield m
+    finally:
+        m.destroy()
+        if EVIDENCE:
+            print("\nmesh lab evidence:\n  " + "\n  ".join(EVIDENCE))
+
+
+def everyone(m: MeshLab) -> dict[str, set[str]]:
+    return {n: set(m.expected(n)) - ({TO_VIP} if n == m.holder else set()) for n in NODES}
+
+
+def to_vip_sas(m: MeshLab, node: str) -> set[str]:
+    """Unique ids of the node's established tunnels to the VIP with an installed CHILD_SA."""
+    return {sa["uniqueid"] for sa in m.charons[node].sas() if sa["name"] == TO_VIP and sa.get("state") == "ESTABLISHED"
+            and any(c.get("state") == "INSTALLED" for c in (sa.get("child-sas") or {}).values())}
+
+
+def probe_all(m: MeshLab) -> dict[tuple[str, str, str], bool]:
+    """A marked ping between every pair of nodes on every shared network, and from every node to the VIP."""
+    out = {}
+    for a, b in itertools.permutations(NODES, 2):
+        for net in NODES[a][2]:
+            if net in NODES[b][2]:
+                out[(a, b, net)] = m.ping(a, addr(b, net), count=1)
+    for a in NODES:
+        if a != m.holder:
+            out[(a, "VIP", "internal_api")] = m.ping(a, VIP, count=1)
+    return out
+
+
+def test_bootstrap_brings_every_tunnel_up(mesh: MeshLab) -> None:
+    """Loaded before the VIP existed, the compute nodes' tunnels to the VIP came up by themselves."""
+    mesh.wait_up(everyone(mesh))
+    assert mesh.up("compute-0") >= {TO_VIP, "mesh-internal_api-node-controller-0", "mesh-storage-node-controller-1"}
+    assert "mesh-internal_api-node-compute-1" not in mesh.expected("compute-0")  # skip_between
+    assert VIP_CONN in mesh.charons["controller-0"].conns()
+    assert TO_VIP not in mesh.up("controller-0")  # never a tunnel to its own VIP
+
+
+def test_capture_encrypted_networks_carry_only_ike_esp(mesh: MeshLab) -> None:
+    mesh.wait_up(everyone(mesh))
+    with mesh.capture() as pcap:
+        results = probe_all(mesh)
+    assert all(results.values()), [k for k, ok in results.items() if not ok]
+    skip = f"host {addr('compute-0', 'internal_api')} and host {addr('compute-1', 'internal_api')}"
+    api_clear = pcap["internal_api"].text(f"{CLEAR_ONLY} and not ({skip})")
+    assert api_clear == "", api_clear[:2000]
+    assert MARKER not in pcap["internal_api"].text(f"not ({skip})")
+    assert MARKER in pcap["internal_api"].text(skip)  # the skip_between pair: clear
+    assert pcap["internal_api"].count(f"{skip} and (esp or udp port 4500)") == 0
+    assert pcap["storage"].text(CLEAR_ONLY) == ""
+    assert MARKER not in pcap["storage"].text()
+    assert MARKER in pcap["tenant"].text()  # encrypt: false
+    assert pcap["tenant"].count("esp or udp port 4500") == 0
+    esp = {net: pcap[net].count("udp port 4500 or esp") for net in pcap}
+    assert esp["internal_api"] >= 2 * 10 and esp["storage"] >= 2 * 6  # the probes did cross, encrypted
+    EVIDENCE.append(f"probes: {len(results)} marked pings, all answered; packets on the wire: "
+                    + ", ".join(f"{net}: {pcap[net].count('ip')} IP, {esp[net]} ESP-in-UDP/ESP, "
+                                f"{pcap[net].text().count(MARKER)} with the marker" for net in pcap))
+    EVIDENCE.append(f"internal_api: clear packets outside the skip_between pair: 0; compute-0<->compute-1: "
+                    f"{pcap['internal_api'].count(skip + ' and icmp')} clear ICMP")
+
+
+def test_mesh_check_reports_drift_and_nothing_after_render_and_reload(mesh: MeshLab) -> None:
+    node = "compute-0"
+    args = ("mesh", "check", mesh.inv, "--node", node, "--root", str(mesh.root(node)),
+            "--vici-socket", mesh.charons[node].uri)
+    ok = cli(*args, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    conf = mesh.root(node) / "etc/swanctl/conf.d/ipsec-vip-mesh.conf"
+    conf.write_text(conf.read_text().replace("dpd_delay = 10s", "dpd_delay = 30s", 1))
+    with mesh.charons[node].vici() as s:
+        s.unload_conn({"name": "mesh-storage-node-controller-1"})
+    drift = cli(*args, check=False)
+    assert drift.returncode == 1
+    assert f"{conf}: differs from the rendered file" in drift.stdout
+    assert "connection mesh-storage-node-controller-1: not loaded in charon" in drift.stdout
+    mesh.render(node)
+    mesh.load_all(node)
+    again = cli(*args, check=False)
+    assert again.returncode == 0, again.stdout
+    EVIDENCE.append("mesh check: " + " | ".join(drift.stdout.strip().splitlines()))
+
+
+def test_reload_on_the_holder_keeps_the_agents_connections(mesh: MeshLab) -> None:
+    holder = mesh.holder
+    assert holder is not None
+    c = mesh.charons[holder]
+    mesh.wait_up(everyone(mesh))
+    before = {sa["uniqueid"] for sa in c.sas() if sa["name"] == VIP_CONN}
+    assert before, "no client connected to the VIP"
+    out = cli("mesh", "load", "--root", str(mesh.root(holder)), "--vici-socket", c.uri)
+    assert VIP_CONN in c.conns(), out.stdout
+    assert {sa["uniqueid"] for sa in c.sas() if sa["name"] == VIP_CONN} == before
+    assert mesh.agent(holder, "monitor", OCF_RESKEY_CRM_meta_interval="10000").rc == 0
+    # the pitfall it avoids: the distribution's reload drops what the agent loaded
+    mesh.load_all(holder)
+    assert VIP_CONN not in c.conns()
+    assert mesh.agent(holder, "monitor", OCF_RESKEY_CRM_meta_interval="10000").rc == 1
+    r = mesh.agent(holder, "stop")  # Pacemaker's recovery: stop, start (the VIP stays here)
+    assert r.rc == 0, r.stderr
+    assert mesh.agent(holder, "start").rc == 0
+    assert VIP_CONN in c.conns()
+
+
+def test_vip_moves_and_traffic_to_it_is_encrypted_again_by_itself(mesh: MeshLab) -> None:
+    mesh.wait_up(everyone(mesh))
+    clients = [n for n in NODES if n != "controller-1"]
+    old = {n: to_vip_sas(mesh, n) for n in clients}
+    start = time.monotonic()
+    mesh.release_vip()
+    mesh.take_vip("controller-1")
+    mesh.wait_up(everyone(mesh))  # nothing re-initiated by the harness: DPD, restart, fallback_connections
+    deadline = time.monotonic() + 30
+    while any(not (to_vip_sas(mesh, n) - old[n]) or (to_vip_sas(mesh, n) & old[n]) for n in clients):
+        assert time.monotonic() < deadline, {n: (old[n], to_vip_sas(mesh, n)) for n in clients}
+        time.sleep(0.1)
+    took = time.monotonic() - start
+    assert TO_VIP in mesh.up("controller-0")  # the old holder now connects to the VIP
+    assert TO_VIP not in mesh.up("controller-1")
+    assert not [sa for sa in mesh.charons["controller-1"].sas()
+                if sa["name"] == TO_VIP and sa.get("remote-host") in (VIP, addr("controller-1", "internal_api"))]
+    with mesh.capture() as pcap:
+        results = {a: mesh.ping(a, VIP) for a in NODES if a != "controller-1"}
+    assert all(results.values()), results
+    assert MARKER not in pcap["internal_api"].text()
+    assert pcap["internal_api"].text(f"{CLEAR_ONLY} and host {VIP}") == ""
+    assert pcap["internal_api"].count(f"host {VIP} and (udp port 4500 or esp)") >= 2 * 2 * len(results)
+    responders = sorted(sa["remote-host"] for sa in mesh.charons["controller-1"].sas() if sa["name"] == VIP_CONN)
+    EVIDENCE.append(f"VIP moved to controller-1: every node's tunnel to it re-established by itself within "
+                    f"{took:.1f}s of the move; {len(results)} nodes' marked pings to the VIP "
+                    f"answered, marker on internal_api 0 times, responder SAs from {responders}")
+
+
+def test_fail_closed_trap_holds_traffic_while_no_sa_is_up(mesh: MeshLab) -> None:
+    """charon running, IKE to controller-0 blocked and the SA gone: the trap policy alone (our nft
+    table removed) keeps compute-1's internal_api traffic to controller-0 off the wire."""
+    mesh.wait_up(everyone(mesh))
+    ns, peer = mesh.ns("compute-1"), addr("controller-0", "internal_api")
+    lab.in_ns(ns, "nft", "delete", "table", "inet", "ipsec_vip_mesh")
+    block = mesh.work / "blockike.nft"
+    block.write_text(f"table inet blockike {{\n chain o {{\n  type filter hook output priority 0;\n"
+                     f"  ip daddr {peer} udp dport {{ 500, 4500 }} drop\n }}\n}}\n")
+    lab.in_ns(ns, "nft", "-f", str(block))
+    try:
+        ids = [sa["uniqueid"] for sa in mesh.charons["compute-1"].sas()
+               if sa["name"] == "mesh-internal_api-node-controller-0"]
+        with mesh.charons["compute-1"].vici() as s:
+            for ike_id in ids:
+                list(s.terminate({"ike-id": ike_id, "force": "yes", "timeout": "-1"}))
+        assert "mesh-internal_api-node-controller-0" not in mesh.up("compute-1")
+        with mesh.capture() as pcap:
+            assert not mesh.ping("compute-1", peer, count=1)
+        assert pcap["internal_api"].count(f"src {addr('compute-1', 'internal_api')} and icmp") == 0
+        assert MARKER not in pcap["internal_api"].text()
+    finally:
+        lab.in_ns(ns, "nft", "delete", "table", "inet", "blockike", check=False)
+        lab.in_ns(ns, "nft", "-f", str(mesh.root("compute-1") / "etc/ipsec-vip/mesh.nft"))
+    mesh.wait_up(everyone(mesh))  # the trap|start connection comes back by itself (keyingtries = 0)
+    EVIDENCE.append("fail_closed, charon up but no SA (IKE blocked, nft guard removed): the trap policy held "
+                    "compute-1's ping to controller-0, 0 ICMP on the wire; the tunnel returned once IKE passed")
+
+
+def test_fail_closed_network_never_leaves_in_clear_without_charon(mesh: MeshLab) -> None:
+    """With compute-0's charon gone (its routes too), nothing from it to internal_api members leaves
+    (the nft guard of fail_closed); on storage, not fail_closed, it leaves in clear."""
+    mesh.wait_up(everyone(mesh))
+    mesh.charons["compute-0"].kill()
+    lab.run(lab.IP, "-n", mesh.ns("compute-0"), "route", "flush", "table", "220", check=False)
+    src = addr("compute-0", "internal_api")
+    with mesh.capture() as pcap:
+        assert not mesh.ping("compute-0", addr("controller-0", "internal_api"), count=1)
+        assert not mesh.ping("compute-0", VIP, count=1)
+        mesh.ping("compute-0", addr("controller-0", "storage"), count=1)  # the reply goes to the old SA
+    assert pcap["internal_api"].count(f"src {src} and icmp") == 0
+    assert MARKER not in pcap["internal_api"].text()
+    assert MARKER in pcap["storage"].text(f"src {addr('compute-0', 'storage')} and icmp")
+    EVIDENCE.append("compute-0 without charon: internal_api (fail_closed) pings to controller-0 and the VIP "
+                    "dropped, 0 ICMP from it on the wire; storage (not fail_closed) ping left in clear")
