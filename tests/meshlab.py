@@ -197,8 +197,9 @@ class MeshLab:
         f = self.work / f"capture-{int(time.monotonic() * 1000)}.pcap"
         err_path = self.work / "tcpdump.err"
         with open(err_path, "w") as err:
-            p = subprocess.Popen([lab.IP, "netns", "exec", self.ns("mbr"), "tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-Z", "root",
-                                  "-s", "512", "-w", str(f)], stdout=subprocess.DEVNULL, stderr=err)
+            p = subprocess.Popen([lab.IP, "netns", "exec", self.ns("mbr"), "tcpdump", "-i", "any", "-n", "-U",
+                                  "--immediate-mode", "-Z", "root", "-s", "512", "-w", str(f)],
+                                 stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 10
         while "listening on" not in err_path.read_text():
             assert p.poll() is None and time.monotonic() < deadline, err_path.read_text()

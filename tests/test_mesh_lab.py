@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import vici
 
 from tests import lab
 from tests.meshlab import MARKER, NODES, TO_VIP, VIP, VIP_CONN, MeshLab, addr, cli
@@ -120,9 +121,10 @@ def test_reload_on_the_holder_keeps_the_agents_connections(mesh: MeshLab) -> Non
     mesh.wait_up(everyone(mesh))
     before = {sa["uniqueid"] for sa in c.sas() if sa["name"] == VIP_CONN}
     assert before, "no client connected to the VIP"
-    out = cli("mesh", "load", "--root", str(mesh.root(holder)), "--vici-socket", c.uri)
+    out = cli("mesh", "load", "--root", str(mesh.root(holder)), "--vici-socket", c.uri, netns=mesh.ns(holder))
     assert VIP_CONN in c.conns(), out.stdout
     assert {sa["uniqueid"] for sa in c.sas() if sa["name"] == VIP_CONN} == before
+    assert "initiated 0" in out.stdout  # not its own tunnel to the VIP it holds
     assert mesh.agent(holder, "monitor", OCF_RESKEY_CRM_meta_interval="10000").rc == 0
     # the pitfall it avoids: the distribution's reload drops what the agent loaded
     mesh.load_all(holder)
@@ -161,6 +163,37 @@ def test_vip_moves_and_traffic_to_it_is_encrypted_again_by_itself(mesh: MeshLab)
     EVIDENCE.append(f"VIP moved to controller-1: every node's tunnel to it re-established by itself within "
                     f"{took:.1f}s of the move; {len(results)} nodes' marked pings to the VIP "
                     f"answered, marker on internal_api 0 times, responder SAs from {responders}")
+
+
+def test_tunnel_refused_with_no_proposal_chosen_is_retried_by_mesh_load(mesh: MeshLab) -> None:
+    """A holder without its responder (here: swanctl --load-all dropped the agent's connection) answers
+    a client's IKE_SA_INIT with NO_PROPOSAL_CHOSEN, and charon never retries that; `mesh load` (run
+    by hand or from a timer) initiates every mesh tunnel without an IKE_SA."""
+    holder = mesh.holder
+    assert holder is not None
+    mesh.wait_up(everyone(mesh))
+    mesh.load_all(holder)
+    assert VIP_CONN not in mesh.charons[holder].conns()
+    client = mesh.charons["compute-1"]
+    with client.vici() as s:
+        ids = [sa["uniqueid"] for sa in mesh.charons["compute-1"].sas() if sa["name"] == TO_VIP]
+        for ike_id in ids:
+            list(s.terminate({"ike-id": ike_id, "force": "yes", "timeout": "-1"}))
+        with pytest.raises(vici.exception.CommandException):
+            list(s.initiate({"child": TO_VIP, "ike": TO_VIP, "timeout": "5000", "init-limits": "no"}))
+    assert "received NO_PROPOSAL_CHOSEN notify error" in client.log_tail(200)
+    assert mesh.agent(holder, "stop").rc == 0 and mesh.agent(holder, "start").rc == 0  # Pacemaker's recovery
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # charon alone: no new attempt
+        assert not [sa for sa in client.sas() if sa["name"] == TO_VIP]
+        time.sleep(0.2)
+    out = cli("mesh", "load", "--root", str(mesh.root("compute-1")), "--vici-socket", client.uri,
+              netns=mesh.ns("compute-1")).stdout
+    assert f"initiated 1 that had no IKE_SA: {TO_VIP}" in out, out
+    mesh.wait_up({"compute-1": {TO_VIP}}, timeout=20)
+    assert mesh.ping("compute-1", VIP)
+    EVIDENCE.append("NO_PROPOSAL_CHOSEN from a holder without its responder: no retry by charon in 3 s; "
+                    "`mesh load` initiated the tunnel and it came up")
 
 
 def test_fail_closed_trap_holds_traffic_while_no_sa_is_up(mesh: MeshLab) -> None:

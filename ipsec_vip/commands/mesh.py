@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check.set_defaults(run=run_check)
 
     load = verbs.add_parser("load", help="load the installed mesh into charon, leaving every other connection "
-                            "(the agent's VIP connections) loaded; use instead of swanctl --load-all on VIP holders")
+                            "(the agent's VIP connections) loaded, and initiate its tunnels that have no IKE_SA "
+                            "(charon never retries one refused by its peer); use instead of swanctl --load-all on "
+                            "VIP holders, and from a timer for the retries")
     load.add_argument("--root", default="/", metavar="DIR", help="where the files are installed (default /)")
     load.add_argument("--vici-socket", default=DEFAULT_SOCKET, help=f"charon's VICI socket (default {DEFAULT_SOCKET})")
     load.set_defaults(run=run_load)
@@ -95,6 +97,7 @@ def run_load(args: argparse.Namespace) -> int:
     from ipsec_vip.vici_session import Vici
 
     with Vici(args.vici_socket, timeout=60) as v:
-        loaded, unloaded = install.load(v, args.root)
-    print(f"loaded {loaded} mesh connections, unloaded {unloaded} stale ones; other connections untouched")
+        loaded, unloaded, initiated = install.load(v, args.root)
+    print(f"loaded {loaded} mesh connections, unloaded {unloaded} stale ones, initiated {len(initiated)} "
+          f"that had no IKE_SA{': ' + ', '.join(initiated) if initiated else ''}; other connections untouched")
     return 0

@@ -75,20 +75,47 @@ def loaded_drift(v: Any, rendered: dict[str, Any], secret_ids: Sequence[str]) ->
     return out
 
 
-def load(v: Any, root: str, timeout: float = 60.0) -> tuple[int, int]:
+def load(v: Any, root: str, timeout: float = 60.0) -> tuple[int, int, list[str]]:
     """Load the installed mesh file's secrets and connections, replacing ours and unloading mesh
-    connections it no longer has; connections and secrets of others stay. Returns (loaded, unloaded)."""
+    connections it no longer has (connections and secrets of others stay), then initiate each of
+    its started connections that has no IKE_SA at all: a tunnel refused with an error notify (e.g.
+    NO_PROPOSAL_CHOSEN from a VIP holder whose responder was not loaded yet) is never retried by
+    charon. A tunnel to an address this node holds (its own VIP) is left alone.
+    Returns (loaded, unloaded, initiated)."""
     from ipsec_vip import swanctl
+    from ipsec_vip import vip as vipmod
     from ipsec_vip.control import Deadline, _load  # the agent's loader: secrets, then conns in batches
 
+    deadline = Deadline(timeout)
     config = swanctl.load(os.path.join(root, SWANCTL_FILE))
-    _load(v, config, Deadline(timeout))
-    stale = [c for c in v.request("get-conns")["conns"]
-             if c.startswith(PREFIX) and c not in config.connections]
+    _load(v, config, deadline)
+    stale = [c for c in v.request("get-conns")["conns"] if c.startswith(PREFIX) and c not in config.connections]
     for name in stale:
         try:
             v.request("unload-conn", {"name": name})
         except ViciCommandError as e:
             if "not found" not in e.errmsg:
                 raise
-    return len(config.connections), len(stale)
+    present = {name for sa in v.stream("list-sas", "list-sa", {"noblock": "yes"}, timeout=deadline.left())
+               for name in sa}
+    initiated = []
+    for name, body in sorted(config.connections.items()):
+        children = [c for c, cb in (body.get("children") or {}).items()
+                    if "start" in str(cb.get("start_action", "")).split("|")]
+        remote = (body.get("remote_addrs") or [""])[0]
+        if not children or name in present or _held(vipmod, remote):
+            continue
+        try:
+            v.stream("initiate", "control-log", {"child": children[0], "ike": name, "timeout": "-1",
+                                                 "init-limits": "no"}, timeout=deadline.left())
+            initiated.append(name)
+        except ViciCommandError as e:
+            raise IpsecVipError(f"charon refused to initiate {name}: {e.errmsg}") from None
+    return len(config.connections), len(stale), initiated
+
+
+def _held(vipmod: Any, address: str) -> bool:
+    try:
+        return bool(vipmod.held(vipmod.parse_vip(address)))
+    except ValueError:
+        return False
