@@ -4,6 +4,7 @@ on the wire, what is left in clear is clear, the VIP's tunnels follow the VIP by
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -241,3 +242,48 @@ def test_fail_closed_network_never_leaves_in_clear_without_charon(mesh: MeshLab)
     assert MARKER in pcap["storage"].text(f"src {addr('compute-0', 'storage')} and icmp")
     EVIDENCE.append("compute-0 without charon: internal_api (fail_closed) pings to controller-0 and the VIP "
                     "dropped, 0 ICMP from it on the wire; storage (not fail_closed) ping left in clear")
+
+
+# --------------------------------------------------------------------------- why the rendered charon settings
+@pytest.mark.parametrize(("settings", "symptom"), [
+    ("", "conflicts with IKE traffic"),
+    ("  plugins {\n    kernel-libipsec {\n      allow_peer_ts = yes\n    }\n  }\n", "peer not responding"),
+], ids=["stock", "allow_peer_ts-without-fwmark"])
+def test_host_to_host_under_kernel_libipsec_needs_the_rendered_settings(settings: str, symptom: str) -> None:
+    """Without allow_peer_ts charon refuses the route and traffic stays in clear; with it but without
+    the firewall marks, charon's own IKE/ESP is routed into the tunnel (a loop) and IKE dies. The
+    full settings (rendered strongswan.d) are what the mesh lab above runs."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    lab.clean_leftovers()
+    names = [lab.add_netns(n) for n in ("h2hbr", "h2ha", "h2hb")]
+    charons: list[lab.Charon] = []
+    ips = {"h2ha": "10.99.0.1", "h2hb": "10.99.0.2"}
+    try:
+        lab.run(lab.IP, "-n", names[0], "link", "add", "br0", "type", "bridge")
+        lab.run(lab.IP, "-n", names[0], "link", "set", "br0", "up")
+        for i, (short, ip) in enumerate(ips.items()):
+            ns = lab.PREFIX + short
+            lab.run(lab.IP, "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"q{i}", "netns", names[0])
+            lab.run(lab.IP, "-n", names[0], "link", "set", f"q{i}", "master", "br0", "up")
+            lab.run(lab.IP, "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+            lab.run(lab.IP, "-n", ns, "link", "set", "eth0", "up")
+            charons.append(lab.Charon.start(short, netns=ns, extra=lab.CLIENT_RETRANSMIT + settings))
+        for c, (me, peer) in zip(charons, ((ips["h2ha"], ips["h2hb"]), (ips["h2hb"], ips["h2ha"]))):
+            with c.vici() as s:
+                s.load_shared({"id": "k", "type": "IKE", "data": "h2h-psk-" + "x" * 32, "owners": []})
+                s.load_conn({"m": {"version": "2", "local_addrs": [me], "remote_addrs": [peer], "mobike": "no",
+                                   "local": {"auth": "psk", "id": me}, "remote": {"auth": "psk", "id": peer},
+                                   "children": {"m": {"local_ts": [f"{me}/32"], "remote_ts": [f"{peer}/32"]}}}})
+        with charons[0].vici() as s, contextlib.suppress(vici.exception.CommandException):
+            list(s.initiate({"child": "m", "ike": "m", "timeout": "5000"}))
+        lab.in_ns(lab.PREFIX + "h2ha", "ping", "-c", "2", "-i", "0.2", "-W", "1", ips["h2hb"], check=False)
+        deadline = time.monotonic() + 15
+        while symptom not in charons[0].log_tail(400) + charons[1].log_tail(400):
+            assert time.monotonic() < deadline, charons[0].log_tail(40)
+            time.sleep(0.2)
+    finally:
+        for c in charons:
+            c.stop()
+        for ns in reversed(names):
+            lab.remove_netns(ns)
