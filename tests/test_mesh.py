@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ipsec_vip import swanctl
+from ipsec_vip import selection, swanctl
 from ipsec_vip.cli import main
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.mesh import inventory, keys, render
@@ -250,7 +250,7 @@ def test_rendered_secrets_bind_each_network_psk_to_its_identities(inv_dir: Path)
                                                         "172.16.2.100"]
     assert by_id["ike-mesh-storage"]["owners"] == ["172.16.1.10", "172.16.1.11"]
     vips = swanctl.load(str(inv_dir / "c0" / render.VIPS_FILE))
-    sel = swanctl.select(vips, inventory.load(str(inv_dir / "mesh.yaml")).vips["internal_api"].address)
+    sel = selection.select(vips, inventory.load(str(inv_dir / "mesh.yaml")).vips["internal_api"].address)
     assert list(sel.connections) == ["meshvip-internal_api"] and len(sel.secrets) == 1
 
 
