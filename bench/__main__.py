@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reaction-runs", type=int, default=int(os.environ.get("BENCH_REACTION_RUNS", "10")),
                    help="runs of the watch / charon-restart measurements (default 10)")
     p.add_argument("--skip", default=os.environ.get("BENCH_SKIP", ""),
-                   help="comma-separated parts to skip: agents,upstream,load,reaction,failover")
+                   help="comma-separated parts to skip: agents,upstream,load,reaction,failover,mesh")
     p.add_argument("--libreswan-root", default=str(common.CACHE / "lsroot"),
                    help="cached Debian root with libreswan (built on first use)")
     p.add_argument("--out", default=str(common.ROOT / "bench" / "results"), help="where latest.md/.json go")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    from bench import failover, local, upstream
+    from bench import failover, local, mesh, upstream
 
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                "machine": machine(), "runs": args.runs, "sizes": sizes, "skipped": sorted(skip)}
@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     if "failover" not in skip and args.failover_reps > 0:
         log(f"4. failover gaps on the Pacemaker lab, {args.failover_reps} of each scenario")
         section(results, "failover", failover.run, args.failover_reps, log)
+    if "mesh" not in skip:
+        log("5. ipsec-vip mesh at scale: render 200 nodes x 3 networks, load one node's file")
+        section(results, "mesh", mesh.run, args.runs, log)
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
     results["total_seconds"] = round(time.monotonic() - T0, 1)
     out = Path(args.out)

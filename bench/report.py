@@ -98,6 +98,17 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         gaps = r["gap_s"]
         out.append((label, f"median {gaps['median'] / 1000:.2f} s, max {gaps['max'] / 1000:.2f} s (n={gaps['n']})",
                     verdict(gaps["max"] <= limit)))
+    mesh = _rows(results, "mesh")
+    if mesh:
+        r, load = mesh[0], next((x for x in mesh if "swanctl --load-all" in x["what"]), None)
+        limit = results["mesh"].get("target_ms", 2000.0)
+        out.append((f"mesh render {results['mesh']['nodes']} nodes × {results['mesh']['networks']} networks "
+                    f"< {limit / 1000:.0f} s; its file loads", f"{r['median']:.0f} ms; swanctl --load-all "
+                    f"{'listed ' + str(load['conns']) + ' conns' if load else 'not run'}",
+                    verdict(r["median"] < limit and bool(load) and not load["errors"] and load["conns"] > 0)))
+    else:
+        out.append(("mesh render 200 nodes × 3 networks < 2 s", f"not measured: {_reason(results, 'mesh')}",
+                    "not measured"))
     return out
 
 
@@ -189,6 +200,12 @@ def markdown(results: dict[str, Any]) -> str:
         gaps = ", ".join(f"{x['gap_s']:.2f}" + (" (DC died)" if x.get("dc_crashed") else "") for x in r["runs"])
         moved = ", ".join(f"{x['vip_moved_s']:.2f}" for x in r["runs"])
         lines.append(f"| {setup} | {r['scenario']} | {gaps} | {moved} |")
+    lines += ["", "**ipsec-vip mesh** at scale (ms, median / p90).", "", "| what | median / p90 ms |",
+              "|---|---:|"]
+    mr = _reason(results, "mesh")
+    if mr:
+        lines.append(f"| not measured: {mr} | |")
+    lines += [f"| {r['what']} | {_cell(r)} |" for r in _rows(results, "mesh")]
     if isinstance(results.get("upstream"), dict) and results["upstream"].get("versions"):
         lines += ["", f"Upstream peer: {results['upstream']['versions']} in a Debian 12 root (chroot inside a "
                   "namespace). Section times (s): " + ", ".join(f"{k} {v}" for k, v in
