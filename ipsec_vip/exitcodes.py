@@ -27,10 +27,12 @@ AGENT: dict[str, tuple[tuple[int, str], ...]] = {
 # ipsec-vip(8)
 CLI: tuple[tuple[int, str], ...] = (
     (0, "success (check: every finding ok; watch: stopped by SIGTERM or SIGINT)"),
-    (1, "failure: charon unreachable or refusing, the VIP not held (up), problems found (check)"),
+    (1, "failure: charon unreachable or refusing, the VIP not held (up), problems found (check), "
+        "drift found (mesh check)"),
     (2, "the command line does not parse (unknown command or option, missing argument)"),
     (5, "strongSwan's charon is not installed"),
-    (6, "an argument's value or the config is invalid (as the agent's 6)"),
+    (6, "an argument's value or the config is invalid (as the agent's 6), the mesh inventory or its PSK file "
+        "is invalid (nothing written)"),
 )
 
 

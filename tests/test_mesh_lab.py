@@ -68,6 +68,9 @@ def test_bootstrap_brings_every_tunnel_up(mesh: MeshLab) -> None:
     assert "mesh-internal_api-node-compute-1" not in mesh.expected("compute-0")  # skip_between
     assert VIP_CONN in mesh.charons["controller-0"].conns()
     assert TO_VIP not in mesh.up("controller-0")  # never a tunnel to its own VIP
+    for node in NODES:  # one IKE_SA per tunnel although both ends start them
+        names = [sa["name"] for sa in mesh.charons[node].sas() if sa["name"].startswith("mesh-")]
+        assert len(names) == len(set(names)), (node, names)
 
 
 def test_capture_encrypted_networks_carry_only_ike_esp(mesh: MeshLab) -> None:
