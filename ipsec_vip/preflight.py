@@ -12,16 +12,14 @@ import contextlib
 import errno
 import math
 import os
-import socket
 import stat
-import struct
 import subprocess
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from ipsec_vip import charon, control, firewall, swanctl
-from ipsec_vip.errors import ConfigError, IpsecVipError
+from ipsec_vip import charon, control, firewall, netlink, swanctl
+from ipsec_vip.errors import ConfigError, IpsecVipError, NetlinkError
 from ipsec_vip.params import Params
 from ipsec_vip.vici_session import Vici
 
@@ -35,6 +33,7 @@ LIBIPSEC_LIMITS = ("kernel-libipsec: ESP done in userland inside the one charon 
                    "(ipsec0), always UDP-encapsulated on port 4500, much slower than the kernel and buffering "
                    "packets in memory; strongSwan does not recommend it for gateways")
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+_XFRM_MSG_GETSA = 0x12  # linux/xfrm.h
 
 
 class Finding(NamedTuple):
@@ -136,23 +135,12 @@ def check_xfrm_netlink(ctx: Context) -> list[Finding]:
     """Open a NETLINK_XFRM socket and dump the SAs (XFRM_MSG_GETSA)."""
     name = "xfrm-netlink"
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 6) as s:  # NETLINK_XFRM
-            s.settimeout(2)
-            s.bind((0, 0))
-            s.send(struct.pack("=LHHLL", 16, 0x12, 0x301, 1, 0))  # GETSA, NLM_F_REQUEST|NLM_F_DUMP
-            data = s.recv(65536)
-    except OSError as e:
+        netlink.dump(netlink.NETLINK_XFRM, _XFRM_MSG_GETSA, b"", "the XFRM SA dump (XFRM_MSG_GETSA)")
+    except NetlinkError as e:
         fix = "load the xfrm_user module (modprobe xfrm_user) or use a kernel with CONFIG_XFRM_USER"
         if e.errno in (errno.EPERM, errno.EACCES):
             fix = "run ipsec-vip check as root"
-        return [Finding(name, FAIL, f"cannot use the XFRM netlink interface: {e.strerror}", fix)]
-    if len(data) >= 20:
-        _, kind = struct.unpack_from("=LH", data)
-        if kind == 2:  # NLMSG_ERROR
-            code = -struct.unpack_from("=i", data, 16)[0]
-            if code:
-                return [Finding(name, FAIL, f"XFRM dump refused: {os.strerror(code)}",
-                                "run as root; check that xfrm_user is loaded")]
+        return [Finding(name, FAIL, f"cannot use the XFRM netlink interface: {e}", fix)]
     return [Finding(name, OK, "XFRM netlink answers a dump of the SAs")]
 
 

@@ -98,6 +98,29 @@ def test_many_addresses_span_several_netlink_messages(ns):
     assert held(a, ("203.0.113.254", None), ("203.0.113.1", None)) == [True, True]
 
 
+ORACLE = """
+import json, socket
+from pyroute2 import IPRoute
+from ipsec_vip.vip import addresses
+ours = [[str(a.address), a.prefixlen, a.ifindex, a.flags] for f in (socket.AF_INET, socket.AF_INET6)
+        for a in addresses(f)]
+with IPRoute() as ipr:
+    theirs = [[m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS"), m["prefixlen"], m["index"],
+               m.get_attr("IFA_FLAGS") if m.get_attr("IFA_FLAGS") is not None else m["flags"]]
+              for m in ipr.get_addr()]
+print(json.dumps([sorted(ours), sorted(theirs)]))
+"""
+
+
+def test_address_list_matches_pyroute2(ns):
+    """Our dump reads every address of a namespace (hundreds, tentative IPv6 too) as pyroute2 does."""
+    a, _ = ns
+    lab.run(lab.IP, "-n", a, "addr", "add", "2001:db8:0:9::1/64", "dev", "d0")  # tentative: d0 has no carrier
+    ours, theirs = json.loads(lab.in_ns(a, sys.executable, "-c", ORACLE, cwd=ROOT).stdout)
+    assert len(ours) > 250
+    assert [tuple(x) for x in ours] == [tuple(x) for x in theirs]
+
+
 def test_parse_vip_prefix_bounds():
     assert str(parse_vip("2001:db8::1/128")) == "2001:db8::1"
     with pytest.raises(ValueError):
