@@ -69,3 +69,7 @@ class NetlinkError(IpsecVipError):
     def __init__(self, message: str, errno: int = 0) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class CommandError(IpsecVipError):
+    """An external command could not be run or did not finish in time (its exit code is a result)."""
