@@ -13,15 +13,14 @@ import pytest
 
 from tests import lab
 
-pytestmark = pytest.mark.skipif(not (shutil.which("nft", path="/usr/sbin") and
-                                     shutil.which("iptables-save", path="/usr/sbin")),
-                                reason="nftables and iptables are installed by make deps")
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not (shutil.which("nft", path="/usr/sbin") and
+                                      shutil.which("iptables-save", path="/usr/sbin")),
+                                 reason="nftables and iptables are installed by make deps")]
 
 
 @pytest.fixture
 def ns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
     name = lab.add_netns(f"fw{os.urandom(2).hex()}")
     try:
         yield name

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from ipsec_vip import firewall, preflight, runner
@@ -37,10 +35,19 @@ def test_timeout_and_missing_program_are_command_errors():
         runner.Runner().run(["/nonexistent/tool"], timeout=5)
 
 
-def test_argv_logged_stdin_never(caplog):
-    caplog.set_level(logging.DEBUG, logger="ipsec-vip")
+class Log:
+    def __init__(self):
+        self.lines = []
+
+    def debug(self, msg, *args):
+        self.lines.append(msg % args)
+
+
+def test_argv_logged_stdin_never(monkeypatch):
+    log = Log()
+    monkeypatch.setattr(runner, "log", log)  # the project's logger may be configured by other tests
     runner.Runner().run(["/bin/cat", "a b"], stdin="s3cret-psk", timeout=5)
-    text = caplog.text
+    text = "\n".join(log.lines)
     assert "running: /bin/cat 'a b' (with 10 characters on stdin)" in text
     assert "exit code 1" in text
     assert "s3cret" not in text

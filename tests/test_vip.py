@@ -18,8 +18,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     lab.clean_leftovers()
     a, b = lab.add_netns("vipa"), lab.add_netns("vipb")
     lab.run(lab.IP, "-n", a, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", b)
@@ -38,6 +36,7 @@ def held(netns: str, *queries: tuple[str, str | None]) -> list[bool]:
     return json.loads(p.stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.root
 def test_exact_ipv4_match_never_a_substring(ns):
     a, _ = ns
     lab.run(lab.IP, "-n", a, "addr", "add", "192.0.2.10/24", "dev", "v0")
@@ -46,6 +45,7 @@ def test_exact_ipv4_match_never_a_substring(ns):
                 ("192.0.2.101", None), ("2.0.2.10", None)) == [False, True, True, False, False]
 
 
+@pytest.mark.root
 def test_interface_restriction(ns):
     a, _ = ns
     lab.run(lab.IP, "-n", a, "addr", "add", "198.51.100.7/24", "dev", "v0")
@@ -53,6 +53,7 @@ def test_interface_restriction(ns):
         True, False, False]
 
 
+@pytest.mark.root
 def test_ipv6_canonical_forms(ns):
     a, _ = ns
     lab.run(lab.IP, "-n", a, "addr", "add", "2001:db8:0:1::5/64", "dev", "v0", "nodad")
@@ -60,6 +61,7 @@ def test_ipv6_canonical_forms(ns):
         True, False, True]
 
 
+@pytest.mark.root
 def test_ipv6_tentative_is_not_held(ns):
     a, _ = ns
     lab.run(lab.IP, "-n", a, "addr", "add", "2001:db8:0:2::5/64", "dev", "d0")  # no carrier: stays tentative
@@ -68,6 +70,7 @@ def test_ipv6_tentative_is_not_held(ns):
     assert held(a, ("2001:db8:0:2::5", None)) == [False]
 
 
+@pytest.mark.root
 def test_ipv6_dadfailed_is_not_held(ns):
     a, b = ns
     lab.run(lab.IP, "-n", b, "addr", "add", "2001:db8:0:3::9/64", "dev", "v1", "nodad")
@@ -83,6 +86,7 @@ def test_ipv6_dadfailed_is_not_held(ns):
     assert held(b, ("2001:db8:0:3::9", None)) == [True]
 
 
+@pytest.mark.root
 def test_removed_address_is_not_held(ns):
     a, _ = ns
     lab.run(lab.IP, "-n", a, "addr", "add", "203.0.113.77/24", "dev", "v0")
@@ -91,6 +95,7 @@ def test_removed_address_is_not_held(ns):
     assert held(a, ("203.0.113.77", None)) == [False]
 
 
+@pytest.mark.root
 def test_many_addresses_span_several_netlink_messages(ns):
     a, _ = ns
     batch = "".join(f"addr add 203.0.113.{i}/32 dev d0\n" for i in range(1, 255))
@@ -112,6 +117,7 @@ print(json.dumps([sorted(ours), sorted(theirs)]))
 """
 
 
+@pytest.mark.root
 def test_address_list_matches_pyroute2(ns):
     """Our dump reads every address of a namespace (hundreds, tentative IPv6 too) as pyroute2 does."""
     a, _ = ns
