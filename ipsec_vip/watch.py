@@ -43,6 +43,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 from ipsec_vip import control, netlink, watchconf
 from ipsec_vip import vip as vipmod
@@ -93,8 +94,10 @@ class Watcher:
     """Keeps one VIP's connections loaded in charon exactly while the VIP is held here."""
 
     def __init__(self, params: Params, instance: str, states: StateDir,
-                 check_interval: float = watchconf.DEFAULT_CHECK_INTERVAL, timeout: float = 30.0) -> None:
+                 check_interval: float = watchconf.DEFAULT_CHECK_INTERVAL, timeout: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.params = params
+        self._clock = clock  # every decision's "now" (tests drive it by hand)
         self.instance = instance
         self.states = states
         self.check_interval = check_interval
@@ -160,7 +163,7 @@ class Watcher:
     def _reload(self) -> None:
         log.info("SIGHUP: checking that our connections are loaded")
         self._verify = True
-        self._settle_until = time.monotonic() + _SETTLE
+        self._settle_until = self._clock() + _SETTLE
         self._poke()
 
     def _poke(self) -> None:
@@ -221,7 +224,7 @@ class Watcher:
             self._charon_seen = True
         self._verify = True  # a new charon knows none of our connections
         if not first:  # charon (re)started after us: swanctl --load-all may follow
-            self._settle_until = time.monotonic() + _SETTLE
+            self._settle_until = self._clock() + _SETTLE
         return True
 
     def _charon_readable(self) -> None:
@@ -250,11 +253,11 @@ class Watcher:
     # ---------------------------------------------------------------- decisions
     def _timeout(self) -> float | None:
         due = [t for t in (self._retry_at, self._check_at if self._loaded else None) if t is not None]
-        return max(min(due) - time.monotonic(), 0.0) if due else None
+        return max(min(due) - self._clock(), 0.0) if due else None
 
     def _reconcile(self) -> None:
         """Compare the VIP, charon and what we loaded; call control.start/stop as needed."""
-        now = time.monotonic()
+        now = self._clock()
         self._retry_at = None
         try:
             self._listen()  # subscribe first, then look: no change slips between

@@ -70,6 +70,8 @@ class FakeServer:
         self.srv.close()
         for c in self.conns:
             with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)  # the peer sees EOF even while a thread blocks in recv
+            with contextlib.suppress(OSError):
                 c.close()
 
 
