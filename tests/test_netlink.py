@@ -263,6 +263,7 @@ def test_real_dump_as_any_user():
 
 
 # --------------------------------------------------------------------------- one fault, one behaviour in each caller
+# (the agent: test_control.py; watch: test_watch_exit.py)
 @pytest.fixture
 def dump_fails(monkeypatch):
     def fail(*_args, **_kw):
@@ -281,16 +282,3 @@ def test_status_says_held_unknown_with_the_reason(dump_fails, tmp_path):
     assert v["held"] is None
     assert "RTM_GETADDR) timed out" in v["error"]
     assert "held: unknown" in status.render(rep)
-
-
-def test_watch_backs_off_instead_of_crashing(dump_fails, tmp_path, monkeypatch):
-    from ipsec_vip import watch
-    from ipsec_vip.params import Params
-    from ipsec_vip.state import StateDir
-
-    w = watch.Watcher(Params(vip=vip.parse_vip("192.0.2.1")), "w", StateDir(str(tmp_path)))
-    monkeypatch.setattr(w, "_listen", lambda: None)  # no event loop here
-    w._reconcile()
-    w._reconcile()
-    assert w._status == "error: cannot read this node's addresses: netlink: the address dump (RTM_GETADDR) timed out"
-    assert w._retry_at is not None and w._failures == 2
