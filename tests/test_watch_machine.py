@@ -186,3 +186,25 @@ def test_sighup_checks_every_second_for_a_while_even_with_checks_off(tmp_path, m
         in_loop(scenario)
     finally:
         b.charon.close()
+
+
+def test_a_broken_event_socket_is_replaced_before_the_next_look(bed):
+    """An error on the address-event socket (not an overflow) no longer ends the daemon."""
+    class Broken:
+        def fileno(self) -> int:
+            return -1
+
+        def recv(self, size: int) -> bytes:
+            raise OSError(9, "Bad file descriptor")
+
+        def close(self) -> None:
+            pass
+
+    def scenario():
+        bed.w._netlink = Broken()
+        bed.w._netlink_readable()
+        assert bed.w._netlink is None and bed.log.count("warning", "subscribing again") == 1
+        watch.Watcher._listen(bed.w)  # the real subscription (any user may join the address group)
+        assert bed.w._netlink is not None and not isinstance(bed.w._netlink, Broken)
+        bed.w._unlisten()
+    in_loop(scenario)
