@@ -17,12 +17,17 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import NamedTuple, Union
 
 from ipsec_vip import netlink
 from ipsec_vip.errors import NetlinkError
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
+if TYPE_CHECKING:
+    from typing import NamedTuple, Union
+
+    IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+else:
+    from ipsec_vip.tuples import NamedTuple
 
 _RTM_NEWADDR = 20  # linux/rtnetlink.h
 _RTM_GETADDR = 22

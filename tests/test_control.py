@@ -8,6 +8,8 @@ terminates, and what the health check reports.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,20 @@ def test_agent_monitor_gives_a_netlink_fault_as_its_exit_reason(bed, monkeypatch
     monkeypatch.setattr(os, "environ", {**env, "PATH": "/usr/bin:/bin"})
     assert agent.main(["strongswan", "monitor"], env) == 1
     assert "netlink: the address dump (RTM_GETADDR) timed out" in capsys.readouterr().err
+
+
+def test_a_started_monitor_imports_no_typing(bed):
+    """The monitor runs every few seconds on every node: typing (about 2 ms, and more per
+    NamedTuple) stays off its path (ipsec_vip.tuples); so do the parser and the selection."""
+    params = bed.params._replace(start_without_vip=True)
+    bed.states.ensure()
+    control.start(params, "r1", bed.states, deadline())
+    env = {"OCF_RESKEY_vip": VIP, "OCF_RESKEY_config": params.config, "OCF_RESKEY_vici_socket": bed.charon.uri,
+           "OCF_RESKEY_start_without_vip": "true", "OCF_RESOURCE_INSTANCE": "r1",
+           "OCF_RESKEY_CRM_meta_interval": "10000", "HA_RSCTMP": str(Path(bed.states.path).parent)}
+    code = ("import os, sys; from ipsec_vip import agent; rc = agent.main(['strongswan', 'monitor'], os.environ); "
+            "print(rc, *sorted(m for m in ('typing', 'ipsec_vip.swanctl', 'ipsec_vip.selection') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                       env={**env, "PATH": "/usr/bin:/bin"})
+    assert p.stdout.split() == ["0"], p.stderr
+    assert bed.charon.sent("get-conns")[-1:] == [{}]  # the monitor did ask charon
