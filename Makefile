@@ -8,8 +8,10 @@ APT_PACKAGES := strongswan-charon strongswan-swanctl libstrongswan-standard-plug
 	libstrongswan-extra-plugins resource-agents pacemaker pacemaker-cli-utils corosync pcs crmsh \
 	libxml2-utils iproute2 iputils-ping iputils-arping procps util-linux python3-venv nftables iptables systemd tcpdump
 PYTEST_ARGS ?=
+# the fast tier: tests that need neither root nor a daemon (pytest markers, tests/conftest.py)
+FAST_TESTS := not root and not charon and not cluster and not packaging and not slow
 
-.PHONY: check deps venv lint test demo bench install clean
+.PHONY: check deps venv lint test test-fast demo bench install clean
 
 include packaging/packaging.mk
 
@@ -36,6 +38,10 @@ lint: venv
 
 test: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# as any user, no daemons, well under a minute: run it before every commit
+test-fast: venv
+	$(VENV)/bin/pytest -m "$(FAST_TESTS)" $(PYTEST_ARGS)
 
 demo: deps venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m tests.demo

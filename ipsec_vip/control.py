@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
-from typing import Any
 
 from ipsec_vip import charon, fallback
 from ipsec_vip import vip as vipmod
@@ -32,6 +30,11 @@ from ipsec_vip.log import log
 from ipsec_vip.params import Params
 from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import DEFAULT_SOCKET, Vici
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 _MAX_MESSAGE = 480 * 1024  # charon drops VICI requests over 512 KiB
 

@@ -58,3 +58,18 @@ class ViciCommandError(ViciError):
 
 class StateError(IpsecVipError):
     """The per-instance state directory or file cannot be used safely."""
+
+
+class NetlinkError(IpsecVipError):
+    """The kernel's netlink answer could not be had or read (refused, timed out, malformed).
+
+    ``errno`` is the kernel's error number when it gave one, else 0.
+    """
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class CommandError(IpsecVipError):
+    """An external command could not be run or did not finish in time (its exit code is a result)."""

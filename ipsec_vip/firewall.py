@@ -14,15 +14,17 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 from collections.abc import Iterable
 from typing import Any, NamedTuple
+
+from ipsec_vip.errors import CommandError
+from ipsec_vip.runner import Runner
 
 NFT = "/usr/sbin/nft"
 IPTABLES_SAVE = {4: "/usr/sbin/iptables-save", 6: "/usr/sbin/ip6tables-save"}
 PROTOCOLS = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51, "ipv6-icmp": 58,
              "icmpv6": 58, "sctp": 132, "udplite": 136, "all": 0}
-_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+_TIMEOUT = 15.0
 
 
 class Packet(NamedTuple):
@@ -60,18 +62,17 @@ class Ruleset(NamedTuple):
     tools: tuple[str, ...] = ()  # the tools found installed
 
 
-def _run(cmd: list[str]) -> tuple[int, str, str]:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=15, env=_ENV, check=False)
-    return p.returncode, p.stdout, p.stderr.strip()
-
-
-def read() -> Ruleset:
-    """Run the tools that are installed."""
+def read(runner: Runner | None = None) -> Ruleset:
+    """Run the tools that are installed (with ``runner``, default :class:`~ipsec_vip.runner.Runner`)."""
+    run = (runner or Runner()).run
     errors: list[str] = []
     tools = [t for t in (NFT, *IPTABLES_SAVE.values()) if os.access(t, os.X_OK)]
     nft = None
     if NFT in tools:
-        rc, out, err = _run([NFT, "-j", "list", "ruleset"])
+        try:
+            rc, out, err = run([NFT, "-j", "list", "ruleset"], timeout=_TIMEOUT)
+        except CommandError as e:
+            rc, out, err = -1, "", str(e)
         if rc == 0:
             try:
                 nft = json.loads(out) if out.strip() else {"nftables": []}
@@ -82,11 +83,14 @@ def read() -> Ruleset:
     ipt: dict[int, str] = {}
     for fam, tool in IPTABLES_SAVE.items():
         if tool in tools:
-            rc, out, err = _run([tool])
+            try:
+                rc, out, err = run([tool], timeout=_TIMEOUT)
+            except CommandError as e:
+                rc, out, err = -1, "", str(e)
             if rc == 0:
                 ipt[fam] = out
             else:
-                errors.append(f"{os.path.basename(tool)} failed: {err[:200]}")
+                errors.append(f"{os.path.basename(tool)} failed: {err.strip()[:200]}")
     return Ruleset(nft, ipt, tuple(errors), tuple(os.path.basename(t) for t in tools))
 
 

@@ -8,11 +8,12 @@ Without ``configure`` every message goes to ``logging`` (the CLI configures that
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
 
 if TYPE_CHECKING:
     import logging
     from collections.abc import Callable
+    from typing import Any
 
 NAME = "ipsec-vip"
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40

@@ -11,13 +11,18 @@ import os
 import sys
 import syslog
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from ipsec_vip.errors import OCF_ERR_GENERIC, OCF_ERR_UNIMPLEMENTED, OCF_SUCCESS, IpsecVipError
 from ipsec_vip.log import DEBUG, INFO, SYSLOG_PRIORITY, log
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
 if TYPE_CHECKING:
     import logging
+    from typing import Callable, NamedTuple
+
+    Handler = Callable[["Env"], int]
+else:
+    from ipsec_vip.tuples import NamedTuple
 
 _FACILITIES = {name: getattr(syslog, "LOG_" + name.upper()) for name in (
     "auth", "authpriv", "cron", "daemon", "kern", "lpr", "mail", "news", "syslog", "user", "uucp",
@@ -183,9 +188,6 @@ class MetaData(NamedTuple):
             out.append(f"<action{attrs}/>")
         out += ["</actions>", "</resource-agent>", ""]
         return "\n".join(out)
-
-
-Handler = Callable[[Env], int]
 
 
 def run(meta: MetaData, handlers: Mapping[str, Handler], argv: Sequence[str],

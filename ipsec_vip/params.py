@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import NamedTuple
 
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.ocf import crm_boolean
 from ipsec_vip.vici_session import DEFAULT_SOCKET, socket_path
-from ipsec_vip.vip import IPAddress, parse_vip
+from ipsec_vip.vip import parse_vip
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    from ipsec_vip.vip import IPAddress
+else:
+    from ipsec_vip.tuples import NamedTuple
 
 DEFAULT_CONFIG = "/etc/ipsec-vip/swanctl.conf"
 _BAD_NAME = re.compile(r'[#{}:.="\s]')

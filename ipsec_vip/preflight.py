@@ -12,17 +12,15 @@ import contextlib
 import errno
 import math
 import os
-import socket
 import stat
-import struct
-import subprocess
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from ipsec_vip import charon, control, firewall, swanctl
-from ipsec_vip.errors import ConfigError, IpsecVipError
+from ipsec_vip import charon, control, firewall, netlink, swanctl
+from ipsec_vip.errors import CommandError, ConfigError, IpsecVipError, NetlinkError
 from ipsec_vip.params import Params
+from ipsec_vip.runner import Runner
 from ipsec_vip.vici_session import Vici
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -34,7 +32,7 @@ PSK_MIN_BITS = 128
 LIBIPSEC_LIMITS = ("kernel-libipsec: ESP done in userland inside the one charon process, through a TUN device "
                    "(ipsec0), always UDP-encapsulated on port 4500, much slower than the kernel and buffering "
                    "packets in memory; strongSwan does not recommend it for gateways")
-_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+_XFRM_MSG_GETSA = 0x12  # linux/xfrm.h
 
 
 class Finding(NamedTuple):
@@ -59,8 +57,9 @@ class Context:
 
     def __init__(self, targets: list[Target], vici_sockets: list[str], timeout: float = 5.0,
                  swanctl_conf: str = SWANCTL_CONF, families: Iterable[int] = (4,),
-                 early: Iterable[Finding] = ()) -> None:
+                 early: Iterable[Finding] = (), runner: Runner | None = None) -> None:
         self.targets = targets
+        self.runner = runner or Runner()
         self.early = list(early)  # findings made while gathering the targets
         self.vici_sockets = vici_sockets
         self.timeout = timeout
@@ -111,18 +110,16 @@ class Context:
             self._esp = self._probe_esp()
         return self._esp
 
-    @staticmethod
-    def _probe_esp() -> tuple[bool | None, str]:
+    def _probe_esp(self) -> tuple[bool | None, str]:
         """Add and delete an ESP SA in a throw-away network namespace."""
         batch = ("xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1000 mode tunnel "
                  "enc cbc(aes) 0x000102030405060708090a0b0c0d0e0f "
                  "auth-trunc hmac(sha256) 0x000102030405060708090a0b0c0d0e0f000102030405060708090a0b0c0d0e0f 128\n"
                  "xfrm state delete src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1000\n")
         try:
-            p = subprocess.run([UNSHARE, "--net", "--", IP, "-batch", "-"], input=batch, capture_output=True,
-                               text=True, timeout=10, env=_ENV, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return None, f"cannot run {UNSHARE} {IP}: {e}"
+            p = self.runner.run([UNSHARE, "--net", "--", IP, "-batch", "-"], stdin=batch, timeout=10)
+        except CommandError as e:
+            return None, str(e)
         err = " ".join(p.stderr.split())
         if p.returncode == 0:
             return True, "an ESP SA was added and deleted in a temporary network namespace"
@@ -136,23 +133,12 @@ def check_xfrm_netlink(ctx: Context) -> list[Finding]:
     """Open a NETLINK_XFRM socket and dump the SAs (XFRM_MSG_GETSA)."""
     name = "xfrm-netlink"
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 6) as s:  # NETLINK_XFRM
-            s.settimeout(2)
-            s.bind((0, 0))
-            s.send(struct.pack("=LHHLL", 16, 0x12, 0x301, 1, 0))  # GETSA, NLM_F_REQUEST|NLM_F_DUMP
-            data = s.recv(65536)
-    except OSError as e:
+        netlink.dump(netlink.NETLINK_XFRM, _XFRM_MSG_GETSA, b"", "the XFRM SA dump (XFRM_MSG_GETSA)")
+    except NetlinkError as e:
         fix = "load the xfrm_user module (modprobe xfrm_user) or use a kernel with CONFIG_XFRM_USER"
         if e.errno in (errno.EPERM, errno.EACCES):
             fix = "run ipsec-vip check as root"
-        return [Finding(name, FAIL, f"cannot use the XFRM netlink interface: {e.strerror}", fix)]
-    if len(data) >= 20:
-        _, kind = struct.unpack_from("=LH", data)
-        if kind == 2:  # NLMSG_ERROR
-            code = -struct.unpack_from("=i", data, 16)[0]
-            if code:
-                return [Finding(name, FAIL, f"XFRM dump refused: {os.strerror(code)}",
-                                "run as root; check that xfrm_user is loaded")]
+        return [Finding(name, FAIL, f"cannot use the XFRM netlink interface: {e}", fix)]
     return [Finding(name, OK, "XFRM netlink answers a dump of the SAs")]
 
 
@@ -415,7 +401,7 @@ def check_secret_files(ctx: Context) -> list[Finding]:
 # --------------------------------------------------------------------------- firewall
 def check_firewall(ctx: Context) -> list[Finding]:
     """nftables and iptables let UDP 500, UDP 4500 (any source port) and ESP in."""
-    rules = firewall.read()
+    rules = firewall.read(ctx.runner)
     out = [Finding("firewall", WARN, e, "run as root") for e in rules.errors]
     ctx.firewall_chains = []
     for pkt in firewall.packets(ctx.families):

@@ -13,11 +13,14 @@ import fnmatch
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.swanctl import SwanctlConfig
-from ipsec_vip.vip import IPAddress, plain
+from ipsec_vip.vip import plain
+
+if TYPE_CHECKING:
+    from ipsec_vip.vip import IPAddress
 
 ID_KEYS = ("id", "eap_id", "xauth_id", "aaa_id")
 _SETTING_FALSE = ("no", "false", "disabled", "0")  # strongSwan's settings_value_as_bool

@@ -17,9 +17,14 @@ import re
 import stat
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
 
 from ipsec_vip.errors import StateError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from ipsec_vip.tuples import NamedTuple
 
 DEFAULT_RSCTMP = "/run/resource-agents"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")

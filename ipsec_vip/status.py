@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from ipsec_vip import control, watchconf
 from ipsec_vip import vip as vipmod
-from ipsec_vip.errors import IpsecVipError
+from ipsec_vip.errors import IpsecVipError, NetlinkError
 from ipsec_vip.params import Params, parse
 from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import Vici
@@ -120,13 +120,14 @@ def _ike(body: dict[str, Any]) -> dict[str, Any]:
             "children": [_child(c) for c in children.values() if isinstance(c, dict)]}
 
 
-def _held(t: Target) -> bool | None:
+def _held(t: Target) -> tuple[bool | None, str | None]:
+    """(held here?, why unknown): None when there are no parameters or the kernel did not answer."""
     if t.params is None:
-        return None
+        return None, None
     try:
-        return vipmod.held(t.params.vip, t.params.interface)
-    except OSError:
-        return None
+        return vipmod.held(t.params.vip, t.params.interface), None
+    except NetlinkError as e:
+        return None, str(e)
 
 
 def _conn_names(t: Target) -> tuple[list[str], str | None]:
@@ -152,6 +153,7 @@ def report(found: list[Target], default_socket: str, timeout: float = 5.0) -> di
         uri = t.params.vici_socket if t.params is not None else default_socket
         _, loaded, sas = charons.get(uri, ({}, set(), []))
         names, error = _conn_names(t)
+        held, held_error = _held(t)
         conns: list[dict[str, Any]] = []
         for name in names:
             ikes = [_ike(body) for sa in sas for n, body in sa.items() if n == name and isinstance(body, dict)]
@@ -162,7 +164,8 @@ def report(found: list[Target], default_socket: str, timeout: float = 5.0) -> di
             "config": t.params.config if t.params is not None else (t.record.config if t.record else None),
             "vici_socket": uri if t.params is not None else None,
             "interface": t.params.interface if t.params is not None else None,
-            "started": t.record is not None, "held": _held(t), "error": error,
+            "started": t.record is not None, "held": held,
+            "error": "; ".join(e for e in (error, held_error) if e) or None,
             "connections": conns,
             "ike_sas_established": sum(1 for c in conns for i in c["ike_sas"] if i["state"] == "ESTABLISHED"),
             "child_sas_installed": sum(1 for c in conns for i in c["ike_sas"] for ch in i["children"]

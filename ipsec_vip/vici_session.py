@@ -17,15 +17,18 @@ import sys
 import threading
 import time
 import types
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ipsec_vip.errors import ViciCommandError, ViciError, ViciUnreachable
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
 if TYPE_CHECKING:
+    from typing import Any, Callable, TypeVar
+
     import vici
 
+    T = TypeVar("T")
+
 DEFAULT_SOCKET = "unix:///var/run/charon.vici"
-T = TypeVar("T")
 
 
 def socket_path(uri: str) -> str:

@@ -13,11 +13,11 @@ It is event driven and idles in one ``epoll_wait``:
   event only says "look again": the decision always comes from a fresh dump
   (``vip.held``), so coalesced, reordered or lost (ENOBUFS) events cannot leave
   a wrong final state, and an IPv6 VIP counts only once DAD is done (the kernel
-  announces that with another RTM_NEWADDR). A plain socket, not pyroute2:
+  announces that with another RTM_NEWADDR). A plain socket (``ipsec_vip.netlink``), not pyroute2:
   Debian 12 ships pyroute2 0.7.2, whose API differs from 0.9's (no
   AsyncIPRoute), and 0.9's synchronous IPRoute buffers events internally so a
   select() on it lags; the events need no parsing here, and the import of
-  pyroute2 would cost ~130 ms and ~20 MB;
+  pyroute2 would cost more than the monitor's whole run (docs/decisions.md);
 * charon: one idle connection to the VICI socket; charon never writes to it, so
   it becomes readable exactly when charon exits. While charon is absent and
   needed (the VIP is here, or something of ours is to be unloaded) the daemon
@@ -29,24 +29,25 @@ It is event driven and idles in one ``epoll_wait``:
   (the unit's reload, propagated from strongswan.service's) the check runs
   every second: that is when ``swanctl --load-all`` runs.
 
-Actions that fail (charon refuses, config now broken) are retried with the same
-backoff; each error is logged once until it changes.
+Actions that fail (charon refuses, config now broken, the kernel's address dump
+fails) are retried with the same backoff; each error is logged once until it changes.
+A broken event socket is replaced before the next look.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 
-from ipsec_vip import control, watchconf
+from ipsec_vip import control, netlink, watchconf
 from ipsec_vip import vip as vipmod
-from ipsec_vip.errors import IpsecVipError, StateError
+from ipsec_vip.errors import IpsecVipError, NetlinkError, StateError
 from ipsec_vip.params import Params
 from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import socket_path
@@ -93,8 +94,10 @@ class Watcher:
     """Keeps one VIP's connections loaded in charon exactly while the VIP is held here."""
 
     def __init__(self, params: Params, instance: str, states: StateDir,
-                 check_interval: float = watchconf.DEFAULT_CHECK_INTERVAL, timeout: float = 30.0) -> None:
+                 check_interval: float = watchconf.DEFAULT_CHECK_INTERVAL, timeout: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.params = params
+        self._clock = clock  # every decision's "now" (tests drive it by hand)
         self.instance = instance
         self.states = states
         self.check_interval = check_interval
@@ -115,7 +118,6 @@ class Watcher:
         self._status = ""
         self._wake: asyncio.Event | None = None
         self._netlink: socket.socket | None = None
-        self._netlink_error: OSError | None = None
         self._stopping = False
 
     def run(self) -> int:
@@ -137,8 +139,6 @@ class Watcher:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
-        netlink = self._netlink = self._subscribe()  # subscribe first, then look: nothing slips between
-        loop.add_reader(netlink.fileno(), self._netlink_readable)
         try:
             self._reconcile()
             notify(f"READY=1\nSTATUS={self._status}")
@@ -146,14 +146,10 @@ class Watcher:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._timeout())
                 self._wake.clear()
-                if self._netlink_error is not None:
-                    raise self._netlink_error
                 if not self._stopping:
                     self._reconcile()
         finally:
-            loop.remove_reader(netlink.fileno())
-            self._netlink = None
-            netlink.close()
+            self._unlisten()
             self._disconnect()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -167,42 +163,39 @@ class Watcher:
     def _reload(self) -> None:
         log.info("SIGHUP: checking that our connections are loaded")
         self._verify = True
-        self._settle_until = time.monotonic() + _SETTLE
+        self._settle_until = self._clock() + _SETTLE
         self._poke()
 
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
 
-    def _subscribe(self) -> socket.socket:
-        """An rtnetlink socket in the VIP family's address group (RTM_NEWADDR/RTM_DELADDR)."""
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                             socket.NETLINK_ROUTE)
-        try:
-            with contextlib.suppress(OSError):  # room for bursts (capped by net.core.rmem_max)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            sock.bind((0, _RTMGRP_IPV6_IFADDR if self.params.vip.version == 6 else _RTMGRP_IPV4_IFADDR))
-        except OSError:
+    def _listen(self) -> None:
+        """Join the VIP family's address group (RTM_NEWADDR/RTM_DELADDR), unless already in it."""
+        if self._netlink is None:
+            self._netlink = netlink.subscribe(_RTMGRP_IPV6_IFADDR if self.params.vip.version == 6
+                                              else _RTMGRP_IPV4_IFADDR)
+            asyncio.get_running_loop().add_reader(self._netlink.fileno(), self._netlink_readable)
+
+    def _unlisten(self) -> None:
+        sock, self._netlink = self._netlink, None
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
-            raise
-        return sock
 
     def _netlink_readable(self) -> None:
-        """Drain the socket; any address event means "look again" (the decision comes from a
-        fresh dump, so the events need no parsing). An overflow (ENOBUFS) means the same."""
+        """Any address event means "look again" (the decision comes from a fresh dump, so the
+        events need no parsing); so does an overflow (ENOBUFS). A broken socket is replaced
+        at the next look."""
         if self._netlink is None:
             return
-        while True:
-            try:
-                if not self._netlink.recv(1 << 16):
-                    break
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    self._netlink_error = e
-                    break
+        try:
+            if netlink.drain(self._netlink):
                 log.warning("netlink address events overflowed; reading the addresses again")
+        except NetlinkError as e:
+            log.warning("%s; subscribing again", e)
+            self._unlisten()
         log.debug("address event")
         self._poke()
 
@@ -231,7 +224,7 @@ class Watcher:
             self._charon_seen = True
         self._verify = True  # a new charon knows none of our connections
         if not first:  # charon (re)started after us: swanctl --load-all may follow
-            self._settle_until = time.monotonic() + _SETTLE
+            self._settle_until = self._clock() + _SETTLE
         return True
 
     def _charon_readable(self) -> None:
@@ -260,15 +253,16 @@ class Watcher:
     # ---------------------------------------------------------------- decisions
     def _timeout(self) -> float | None:
         due = [t for t in (self._retry_at, self._check_at if self._loaded else None) if t is not None]
-        return max(min(due) - time.monotonic(), 0.0) if due else None
+        return max(min(due) - self._clock(), 0.0) if due else None
 
     def _reconcile(self) -> None:
         """Compare the VIP, charon and what we loaded; call control.start/stop as needed."""
-        now = time.monotonic()
+        now = self._clock()
         self._retry_at = None
         try:
+            self._listen()  # subscribe first, then look: no change slips between
             held = vipmod.held(self.params.vip, self.params.interface)
-        except (IpsecVipError, OSError) as e:  # a failed or timed-out address dump: retry like the rest
+        except NetlinkError as e:  # a failed or timed-out address dump: retry like the rest
             self._fail(f"cannot read this node's addresses: {e}", now)
             return
         log.debug("VIP held: %s", held)

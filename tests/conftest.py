@@ -1,4 +1,10 @@
-"""Shared fixtures: real charons in network namespaces (see tests/lab.py)."""
+"""Shared fixtures (real charons in network namespaces, see tests/lab.py) and the tiers' one root check.
+
+Tiers (markers declared in pyproject.toml): an unmarked test needs neither root nor a daemon and
+runs in ``make test-fast`` as an ordinary user. ``charon`` and ``cluster`` tests run daemons in
+network namespaces, so they count as ``root`` too. A root test is skipped for other users, and
+fails under CI (CI runs as root: a skip there would hide a whole tier).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,32 @@ import pytest
 
 from tests import lab
 
+_IMPLY_ROOT = ("charon", "cluster")
+_DAEMON_FIXTURES = {"charon": "charon", "gwlab": "charon"}  # fixture -> the marker its users must carry
 
-def _need_root() -> None:
-    if os.geteuid() != 0:
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = []
+    for item in items:
+        if any(item.get_closest_marker(m) for m in _IMPLY_ROOT):
+            item.add_marker(pytest.mark.root)
+        for fixture, marker in _DAEMON_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()) and not item.get_closest_marker(marker):
+                unmarked.append(f"{item.nodeid} (uses {fixture}: mark it {marker})")
+    if unmarked:
+        raise pytest.UsageError("tests use a daemon without its tier marker:\n  " + "\n  ".join(unmarked))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") and os.geteuid() != 0:
         if os.environ.get("CI"):
-            pytest.fail("the real-daemon tests need root; CI must run them")
-        pytest.skip("needs root (network namespaces)")
+            pytest.fail("this test needs root; CI must run it")
+        pytest.skip("needs root (namespaces, daemons, nftables, packages)")
 
 
 @pytest.fixture(scope="module")
 def charon() -> Iterator[lab.Charon]:
     """A standalone charon in its own namespace."""
-    _need_root()
     lab.clean_leftovers()
     c = lab.Charon.start(f"c{os.urandom(2).hex()}")
     try:
@@ -32,7 +52,6 @@ def charon() -> Iterator[lab.Charon]:
 @pytest.fixture(scope="module")
 def gwlab() -> Iterator[lab.Lab]:
     """gw1 + road-warrior client + server, charons running, no VIP yet."""
-    _need_root()
     lb = lab.Lab.build(("gw1",))
     try:
         yield lb

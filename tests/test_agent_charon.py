@@ -9,6 +9,8 @@ import pytest
 from tests import lab
 from tests.lab import GATEWAY_CONF
 
+pytestmark = pytest.mark.charon
+
 PSK = "test-psk-Zq8vK2mN4pR7sT1wX5yB9cD3fG6hJ0"
 
 
@@ -178,6 +180,7 @@ def test_degraded_initiator_at_check_level_10(env, tmp_path):
         gw.clear()
 
 
+@pytest.mark.slow
 def test_thousand_connections(env, tmp_path):
     lb: lab.Lab = env["lab"]
     gw = lb.gateways["gw1"]

@@ -10,6 +10,8 @@ import pytest
 
 from tests import lab
 
+pytestmark = pytest.mark.charon
+
 GOOD = """connections {
   rw {
     local_addrs = %(vip)s

@@ -7,7 +7,6 @@ traffic gap (longest time without an answer through the tunnel).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -16,20 +15,14 @@ import pytest
 
 from tests import cluster, lab
 
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
 PSK = "failover-psk-Hk3mQ9vT2xW7zR5nB8cD4fG6"
 GAPS: dict[str, float] = {}
 
 
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("the cluster tests need root; CI must run them")
-        pytest.skip("needs root")
-
-
 @pytest.fixture(scope="module")
 def cl() -> Iterator[cluster.Cluster]:
-    _need_root()
     c = cluster.Cluster.build(("gw1", "gw2"))
     try:
         conf = c.work / "swanctl.conf"

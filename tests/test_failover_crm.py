@@ -7,12 +7,13 @@ from collections.abc import Iterator
 import pytest
 
 from tests import cluster, lab
-from tests.test_failover import PSK, _need_root, assert_clean, measure, wait_conns
+from tests.test_failover import PSK, assert_clean, measure, wait_conns
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def crmcl() -> Iterator[cluster.Cluster]:
-    _need_root()
     c = cluster.Cluster.build(("gw1", "gw2"))
     try:
         conf = c.work / "swanctl.conf"

@@ -22,6 +22,8 @@ from tests.lab import GATEWAY_CONF
 from tests.test_agent_charon import PSK
 from tests.vici_fakes import FakeServer, Proxy
 
+pytestmark = pytest.mark.charon
+
 
 @pytest.fixture
 def frozen_env(gwlab, tmp_path):

@@ -11,17 +11,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import lab
+from tests import firewall_cases, lab
 
-pytestmark = pytest.mark.skipif(not (shutil.which("nft", path="/usr/sbin") and
-                                     shutil.which("iptables-save", path="/usr/sbin")),
-                                reason="nftables and iptables are installed by make deps")
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(not (shutil.which("nft", path="/usr/sbin") and
+                                      shutil.which("iptables-save", path="/usr/sbin")),
+                                 reason="nftables and iptables are installed by make deps")]
 
 
 @pytest.fixture
 def ns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
     name = lab.add_netns(f"fw{os.urandom(2).hex()}")
     try:
         yield name
@@ -146,3 +145,13 @@ def test_ipv6_vip_checks_ip6tables(ns):
     findings, _ = firewall(ns, "--vip", "2001:db8::100")
     lv = levels(findings)
     assert lv == {"UDP 500 (IKE), IPv6": "ok", "UDP 4500 (NAT-T), IPv6": "fail", "ESP, IPv6": "fail"}
+
+
+@pytest.mark.parametrize("case", sorted(firewall_cases.CASES))
+def test_recordings_are_what_the_tools_print_today(ns, case):
+    """The fast tier's recorded rulesets (tests/data/firewall) stay what nft/iptables print.
+    When this fails after a tools upgrade: python -m tests.firewall_cases (as root)."""
+    out = firewall_cases.capture(ns, case)
+    for key, name in firewall_cases.FILES.items():
+        recorded = (firewall_cases.DATA / case / name).read_text()
+        assert firewall_cases.normal(key, out[key]) == firewall_cases.normal(key, recorded), (case, name)

@@ -62,7 +62,7 @@ def test_meta_data_escapes_xml():
     assert root.find("parameters/parameter/content").get("default") == '"d"'
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="su needs root")
+@pytest.mark.root  # su
 def test_meta_data_as_nobody_without_parameters():
     p = subprocess.run(["su", "nobody", "-s", "/bin/sh", "-c", f"{AGENT} meta-data"],
                        capture_output=True, text=True, env={"PATH": os.environ["PATH"]})

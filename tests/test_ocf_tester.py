@@ -13,6 +13,8 @@ from tests import lab
 from tests.lab import GATEWAY_CONF
 from tests.test_agent_charon import PSK
 
+pytestmark = pytest.mark.charon
+
 PYBIN = os.path.dirname(sys.executable)
 
 

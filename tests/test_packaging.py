@@ -31,8 +31,7 @@ LINTIAN_ALLOWED = {
     "executable-in-usr-lib",  # the OCF standard puts agents in /usr/lib/ocf/resource.d
 }
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
-                                reason="package builds and chroots need root")
+pytestmark = [pytest.mark.packaging, pytest.mark.root, pytest.mark.slow]  # builds and chroots need root
 
 
 # --------------------------------------------------------------------------- builds
@@ -187,6 +186,7 @@ def test_agent_validate_all(debroot):
     assert unknown.returncode == 6 and "nosuch" in unknown.stderr
 
 
+@pytest.mark.charon
 def test_ocf_tester_passes_with_the_installed_agent_and_the_example_config(debroot, charon):
     """ocf-tester of the root's resource-agents runs the root's agent in charon's namespace
     (a real charon, host-built lab), loading the shipped example config unchanged."""

@@ -73,6 +73,7 @@ def test_identities_that_would_break_the_file_are_refused(bad):
         psk.snippet("x", [bad], psk.generate())
 
 
+@pytest.mark.charon
 def test_snippet_loads_into_a_real_charon(charon, tmp_path):
     path = tmp_path / "psk.conf"
     psk.write(str(path), "lab", ["vpn.example.com"], psk.generate())

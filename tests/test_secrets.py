@@ -102,6 +102,7 @@ def cli(env, *args: str) -> lab.Result:
     return lab.Result(p.returncode, p.stdout, p.stderr)
 
 
+@pytest.mark.charon
 def test_psk_leaks_nowhere_through_a_life_cycle(env, tmp_path):
     lb: lab.Lab = env["lab"]
     gw = lb.gateways["gw1"]
@@ -154,6 +155,7 @@ def test_psk_leaks_nowhere_through_a_life_cycle(env, tmp_path):
             assert NEEDLE not in path.read_bytes(), path
 
 
+@pytest.mark.charon
 def test_state_dir_is_0700_and_state_files_0600(env):
     lb: lab.Lab = env["lab"]
     lb.add_vip("gw1")
@@ -169,6 +171,7 @@ def test_state_dir_is_0700_and_state_files_0600(env):
         lb.del_vip("gw1")
 
 
+@pytest.mark.charon
 def test_planted_symlinks_are_not_followed(env, tmp_path):
     lb: lab.Lab = env["lab"]
     victim_dir = tmp_path / "victim"

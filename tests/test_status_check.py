@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sys
 
@@ -11,6 +10,8 @@ import pytest
 
 from tests import lab
 from tests.lab import GATEWAY_CONF
+
+pytestmark = pytest.mark.charon
 
 PSK = secrets.token_urlsafe(32)
 
@@ -229,8 +230,6 @@ def test_check_fails_when_charon_is_not_there(env):
 
 
 def test_check_as_non_root_says_so(env):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop to nobody")
     cmd = [lab.IP, "netns", "exec", env["lab"].ns("gw1"), "setpriv", "--reuid=65534", "--regid=65534",
            "--clear-groups", sys.executable, "-m", "ipsec_vip.cli", "check", "--json", "--config", "/nonexistent",
            "--watch-dir", "/nonexistent"]

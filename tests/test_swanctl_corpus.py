@@ -100,6 +100,7 @@ def _report(charon: lab.Charon) -> dict[str, Any]:
                 "shared": sorted(lab.decode(s.get_shared()["keys"]))}
 
 
+@pytest.mark.charon
 @pytest.mark.parametrize("case", CASES)
 def test_charon_reports_the_same(case: str, charon: lab.Charon, monkeypatch: pytest.MonkeyPatch) -> None:
     charon.clear()

@@ -126,6 +126,7 @@ def test_reconnects_after_a_timeout(fake):
     assert len(calls) == 2
 
 
+@pytest.mark.charon
 def test_real_charon_round_trip(charon):
     with Vici(charon.vici_path) as v:
         ver = v.request("version")
@@ -134,6 +135,7 @@ def test_real_charon_round_trip(charon):
         assert v.stream("list-sas", "list-sa", {"noblock": "yes"}) == []
 
 
+@pytest.mark.charon
 def test_vici_loads_without_its_event_listener_and_completes_on_demand(charon):
     """The agent skips vici/__init__.py (its inspect import costs 5-7 ms per action)."""
     code = ("import sys; from ipsec_vip.vici_session import Vici; v = Vici(sys.argv[1]); "
@@ -143,6 +145,7 @@ def test_vici_loads_without_its_event_listener_and_completes_on_demand(charon):
     assert p.stdout.split() == ["charon", "False", "False", "EventListener", "Session"], p.stderr
 
 
+@pytest.mark.charon
 def test_real_charon_errmsg_is_carried(charon):
     with Vici(charon.vici_path) as v, pytest.raises(ViciCommandError) as e:
         v.request("unload-conn", {"name": "no-such-conn"})
@@ -150,6 +153,7 @@ def test_real_charon_errmsg_is_carried(charon):
     assert e.value.command == "unload-conn"
 
 
+@pytest.mark.charon
 def test_real_charon_streamed_error_after_consuming(charon):
     with Vici(charon.vici_path) as v, pytest.raises(ViciCommandError, match="no matching"):
         v.stream("terminate", "control-log", {"ike": "nothing", "force": "yes", "timeout": "-1"})

@@ -183,6 +183,7 @@ def settled(env, expected: set[str], timeout: float = 10) -> None:
     assert loaded(env) == expected
 
 
+@pytest.mark.charon
 def test_ready_then_sigterm_exits_0(env, watchers):
     w = start(env, watchers)
     assert "STATUS=VIP 192.0.2.100 not held here, nothing loaded" in w.wait_notify("READY=1").split("\n")
@@ -191,6 +192,7 @@ def test_ready_then_sigterm_exits_0(env, watchers):
     w.wait_notify("STOPPING=1", timeout=2)
 
 
+@pytest.mark.charon
 def test_vip_added_loads_removed_unloads(env, watchers):
     c: lab.Charon = env["charon"]
     w = start(env, watchers)
@@ -220,6 +222,7 @@ SANDBOX = ('unshare', '-m', '--propagation', 'private', 'sh', '-c',
 NO_CAPS = ("setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs")
 
 
+@pytest.mark.charon
 def test_named_config_in_the_units_sandbox(env, watchers):
     """``ipsec-vip watch NAME`` as the unit runs it: config from NAME.conf, read-only file system
     but for the state directory, no capabilities."""
@@ -246,6 +249,7 @@ def test_named_config_in_the_units_sandbox(env, watchers):
     assert "ERROR" not in w.log()
 
 
+@pytest.mark.charon
 def test_charon_restart_and_absent_at_start(env, watchers):
     c: lab.Charon = env["charon"]
     addr(c.netns, "add", f"{VIP1}/32")
@@ -270,6 +274,7 @@ def test_charon_restart_and_absent_at_start(env, watchers):
     assert w.terminate() == 0
 
 
+@pytest.mark.charon
 def test_frozen_charon_never_hangs_the_daemon(env, watchers):
     """charon stopped (SIGSTOP) while the VIP leaves: the stop times out, the daemon stays
     responsive and finishes the job once charon runs again; SIGTERM still ends it in time."""
@@ -300,6 +305,7 @@ def test_frozen_charon_never_hangs_the_daemon(env, watchers):
     assert "Traceback" not in w.log()
 
 
+@pytest.mark.charon
 def test_charon_absent_at_boot(env, watchers):
     c: lab.Charon = env["charon"]
     c.kill()
@@ -311,6 +317,7 @@ def test_charon_absent_at_boot(env, watchers):
     assert w.terminate() == 0
 
 
+@pytest.mark.charon
 def test_connections_unloaded_behind_its_back_come_back(env, watchers):
     c: lab.Charon = env["charon"]
     addr(c.netns, "add", f"{VIP1}/32")
@@ -323,6 +330,7 @@ def test_connections_unloaded_behind_its_back_come_back(env, watchers):
     assert "loading again" in w.log()
 
 
+@pytest.mark.charon
 def test_swanctl_load_all_after_charon_restart_and_reload(env, watchers):
     """strongswan.service runs `swanctl --load-all` right after charon starts and on reload; it
     unloads what it did not load. Even with periodic checks off, the daemon checks every second
@@ -348,6 +356,7 @@ def test_swanctl_load_all_after_charon_restart_and_reload(env, watchers):
     assert w.terminate() == 0
 
 
+@pytest.mark.charon
 def test_flapping_vip_ends_right_without_leaks(env, watchers):
     c: lab.Charon = env["charon"]
     w = start(env, watchers)
@@ -372,6 +381,7 @@ def _netlink_drops(pid: int) -> int:
     return sum(int(r[8]) for r in rows if r[1] == "0" and f"socket:[{r[9]}]" in inodes)
 
 
+@pytest.mark.charon
 def test_event_overflow_is_resynchronised(env, watchers):
     """More changes than the socket buffer holds while the daemon is stopped (ENOBUFS):
     it reads the addresses again instead of trusting the events."""
@@ -390,6 +400,7 @@ def test_event_overflow_is_resynchronised(env, watchers):
     assert w.terminate() == 0
 
 
+@pytest.mark.charon
 def test_two_watchers_stay_independent(env, watchers):
     c: lab.Charon = env["charon"]
     a = start(env, watchers, VIP1, name="a")
@@ -412,6 +423,7 @@ def test_two_watchers_stay_independent(env, watchers):
     assert c.shared() == []
 
 
+@pytest.mark.charon
 def test_idle_daemon_uses_no_cpu(env, watchers):
     c: lab.Charon = env["charon"]
     addr(c.netns, "add", f"{VIP1}/32")
@@ -432,6 +444,7 @@ def _tentative(netns: str, address: str) -> bool | None:
     return None
 
 
+@pytest.mark.charon
 def test_ipv6_vip_counts_only_after_dad(env, watchers):
     c: lab.Charon = env["charon"]
     w = start(env, watchers, VIP6)
@@ -453,10 +466,9 @@ def test_ipv6_vip_counts_only_after_dad(env, watchers):
     assert w.terminate() == 0
 
 
+@pytest.mark.charon
 def test_reaction_bench_runs():
     """tests/watch_bench.py (used by `make bench`) measures something sensible."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     from tests import watch_bench
 
     result = watch_bench.measure(rounds=3)
@@ -464,6 +476,8 @@ def test_reaction_bench_runs():
     assert all(0 < t < 5 for t in result["load"] + result["unload"])
 
 
+@pytest.mark.charon
+@pytest.mark.slow
 def test_road_warrior_through_the_watcher(gwlab, tmp_path):
     """End to end: a real client gets in once the VIP is here; the VIP leaving ends its SA; SIGTERM on
     the VIP holder unloads the connection but sends the client no DELETE (the agent's stop)."""
@@ -502,6 +516,7 @@ def test_road_warrior_through_the_watcher(gwlab, tmp_path):
         gw.clear()
 
 
+@pytest.mark.charon
 def test_config_broken_while_running_is_retried_and_logged_once(env, watchers, tmp_path):
     c: lab.Charon = env["charon"]
     tmp_path.chmod(0o755)

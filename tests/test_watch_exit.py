@@ -7,6 +7,7 @@ import pytest
 
 from ipsec_vip import control, watch
 from ipsec_vip import vip as vipmod
+from ipsec_vip.errors import NetlinkError
 from ipsec_vip.params import parse
 from ipsec_vip.state import StateDir
 
@@ -37,10 +38,12 @@ def test_a_failed_address_dump_backs_off_instead_of_crashing(watcher, monkeypatc
     w, _ = watcher
 
     def broken_dump(vip, interface=None):
-        raise TimeoutError("netlink dump did not answer")
+        raise NetlinkError("netlink: the address dump (RTM_GETADDR) timed out")  # every fault of vip.held
 
     monkeypatch.setattr(vipmod, "held", broken_dump)
+    monkeypatch.setattr(w, "_listen", lambda: None)  # no event loop here
     w._reconcile()
     assert w._retry_at is not None and "addresses" in (w._error or "")
+    assert w._status == "error: cannot read this node's addresses: netlink: the address dump (RTM_GETADDR) timed out"
     w._reconcile()
     assert w._failures == 2  # the backoff grows like any other failure's

@@ -70,6 +70,8 @@ class FakeServer:
         self.srv.close()
         for c in self.conns:
             with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)  # the peer sees EOF even while a thread blocks in recv
+            with contextlib.suppress(OSError):
                 c.close()
 
 
@@ -160,3 +162,94 @@ class Proxy(FakeServer):
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_RDWR)
             src.close()
+
+
+class FakeCharon(FakeServer):
+    """A charon's VICI state in memory, for the fast tier: what is loaded (``loaded`` conns, shared
+    ``keys``, ``pools``), IKE_SAs a test puts in ``sas`` (name -> list of bodies), and refusals a test puts in
+    ``refuse`` (command or 'load-conn:<name>' -> errmsg). ``requests`` keeps (command, message)."""
+
+    def __init__(self, path: Path) -> None:
+        self.loaded: dict[str, Any] = {}
+        self.keys: set[str] = set()
+        self.pools: dict[str, Any] = {}
+        self.sas: dict[str, list[dict[str, Any]]] = {}
+        self.refuse: dict[str, str] = {}
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        super().__init__(path, self._talk)
+
+    def sent(self, command: str) -> list[dict[str, Any]]:
+        return [m for c, m in self.requests if c == command]
+
+    def _talk(self, conn: socket.socket) -> None:
+        events: set[str] = set()
+        with conn, contextlib.suppress(EOFError, OSError):
+            while True:
+                packet = read_packet(conn)
+                kind, name = packet[4], command_of(packet)
+                if kind == Packet.EVENT_REGISTER:
+                    events.add(name)
+                    Recorder._send(conn, Packet.EVENT_CONFIRM, {})
+                    continue
+                if kind == Packet.EVENT_UNREGISTER:
+                    events.discard(name)
+                    Recorder._send(conn, Packet.EVENT_CONFIRM, {})
+                    continue
+                message = _text(Message.deserialize(FiniteStream(packet[6 + packet[5]:])))
+                with self._lock:
+                    self.requests.append((name, message))
+                    streamed, reply = self._answer(name, message)
+                for event, body in streamed:
+                    if event in events:
+                        head = struct.pack("!BB", Packet.EVENT, len(event)) + event.encode()
+                        payload = head + Message.serialize(body)
+                        conn.sendall(struct.pack("!I", len(payload)) + payload)
+                Recorder._send(conn, Packet.CMD_RESPONSE, reply)
+
+    def _answer(self, command: str, m: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+        ok: dict[str, Any] = {"success": "yes"}
+        for key in (command, *(f"{command}:{n}" for n in m)):
+            if key in self.refuse:
+                return [], {"success": "no", "errmsg": self.refuse[key]}
+        if command == "version":
+            return [], {"daemon": "charon", "version": "5.9.8", "sysname": "Linux"}
+        if command == "get-conns":
+            return [], {"conns": list(self.loaded)}
+        if command == "get-shared":
+            return [], {"keys": sorted(self.keys)}
+        if command == "get-pools":
+            return [], {n: {"base": b.get("addrs", "")} for n, b in self.pools.items()}
+        if command == "load-conn":
+            self.loaded.update(m)
+        elif command == "load-shared":
+            self.keys.add(m["id"])
+        elif command == "load-pool":
+            self.pools.update(m)
+        elif command == "unload-conn":
+            if self.loaded.pop(m["name"], None) is None:
+                return [], {"success": "no", "errmsg": f"connection '{m['name']}' not found"}
+        elif command == "unload-shared":
+            self.keys.discard(m["id"])
+        elif command == "unload-pool":
+            if self.pools.pop(m["name"], None) is None:
+                return [], {"success": "no", "errmsg": f"pool '{m['name']}' not found"}
+        elif command == "list-sas":
+            return [("list-sa", {n: b}) for n, bodies in self.sas.items() for b in bodies], {}
+        elif command == "terminate":
+            found = [n for n, bodies in self.sas.items() for b in bodies if b.get("uniqueid") == m["ike-id"]]
+            if not found:
+                return [], {"success": "no", "errmsg": "no matching SAs to terminate found"}
+            for n in found:
+                self.sas[n] = [b for b in self.sas[n] if b.get("uniqueid") != m["ike-id"]]
+            return [("control-log", {"msg": "deleting IKE_SA"})], ok
+        return [], ok
+
+
+def _text(o: Any) -> Any:
+    """A VICI message with every key and value as str (charon's messages are ASCII)."""
+    if isinstance(o, dict):
+        return {_text(k): _text(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_text(x) for x in o]
+    return o.decode() if isinstance(o, bytes) else o
