@@ -9,10 +9,12 @@ initiates them without waiting: their retries (keyingtries = 0) reach the next h
 
 from __future__ import annotations
 
-from typing import Any
-
 from ipsec_vip.errors import ViciCommandError
 from ipsec_vip.log import log
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _each(v: Any, names: tuple[str, ...], command: str, message: dict[str, str], deadline: Any) -> None:
