@@ -31,12 +31,24 @@ pytestmark = [pytest.mark.packaging, pytest.mark.root, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 # What the cases need beside our packages, from Debian 12 (the container has no network: apt
 # inside it finds every dependency of ours already installed, or fails saying what it lacks).
-PACKAGES = (
+
+
+def _deb_depends() -> tuple[str, ...]:
+    """The distribution packages ipsec-vip's .deb depends on (python3-vici is ours; alternatives
+    are the list's business): the container has no network, so they must be in its root."""
+    control = (ROOT / "packaging" / "deb" / "debian" / "control").read_text()
+    stanza = control.split("\nPackage: ipsec-vip\n", 1)[1].split("\n\n", 1)[0]
+    field = re.search(r"^Depends:(.*?)(?=^\S)", stanza + "\nX", re.S | re.M)
+    names = [dep.split("(")[0].strip() for dep in (field.group(1) if field else "").split(",") if "|" not in dep]
+    return tuple(n for n in names if n and not n.startswith("$") and n != "python3-vici")
+
+
+PACKAGES = tuple(dict.fromkeys((
     "systemd", "systemd-sysv", "dbus",  # init
     "charon-systemd", "strongswan-swanctl", "libstrongswan-standard-plugins",  # strongswan.service
     "pacemaker", "pacemaker-cli-utils", "corosync", "pcs", "resource-agents",  # the cluster
-    "python3-psutil", "man-db", "iproute2", "procps",
-)
+    "man-db", "iproute2", "procps", *_deb_depends(),
+)))
 DISABLED = ("pacemaker.service", "corosync.service", "pcsd.service", "pcsd-ruby.service")
 VIP = "192.0.2.100"
 LAN = ("192.0.2.11/24", "v0")  # the node's own address, on one end of a veth pair in the container
