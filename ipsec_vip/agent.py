@@ -38,16 +38,19 @@ META = ocf.MetaData(
     longdesc=(
         "Loads the strongSwan connections, secrets and pools that belong to a floating IP "
         "(VIP) into charon over VICI on the node that holds the VIP, and removes them when "
-        "the resource stops. Put it first in a group with the VIP's IPaddr2 resource and set "
-        "start_without_vip=true, so its connections are loaded (inert) before the VIP arrives and "
-        "no client retry meets a charon that does not know them yet. The connections come from a "
-        "swanctl.conf-format file that the distribution's "
+        "the resource stops. Colocate the VIP's IPaddr2 resource with it and order both its "
+        "start and its stop before the VIP's (two orders, symmetrical=false, with "
+        "start_without_vip=true), so that it is loaded when the VIP arrives and can hand the "
+        "clients over before the VIP leaves. The connections come from a swanctl.conf-format "
+        "file that the distribution's "
         "'swanctl --load-all' does not read (default /etc/ipsec-vip/swanctl.conf), so they "
         "are loaded only where the VIP is. Monitor checks that charon answers, that the "
         "connections are loaded and that the VIP is held; at OCF_CHECK_LEVEL 10 it also "
         "reports initiator connections without an established CHILD_SA as degraded. Stop "
-        "never sends a DELETE while this node holds the VIP (clients would reconnect to "
-        "this node and give up); SAs are terminated once the VIP is gone."
+        "never tells a client to reconnect while this node would still answer it: with "
+        "handoff=redirect (default) it first drops new IKE_SA_INIT to the VIP here, then "
+        "REDIRECTs each client to the VIP, so it reconnects through the next holder; SAs "
+        "left here are terminated once the VIP is gone (nothing can be sent then)."
     ),
     parameters=(
         ocf.Parameter("vip", "Floating IP address",
@@ -77,6 +80,16 @@ META = ocf.MetaData(
                       "mesh-NET-to-vip) that this node initiates while it does not hold the VIP and "
                       "terminates when it takes the VIP: start terminates them, stop initiates them once "
                       "the VIP has left. Separated by spaces or commas; empty: none.", default=""),
+        ocf.Parameter("handoff", "What stop does with the clients",
+                      "Primitive mode: what stop does with the clients while this node still holds the VIP. "
+                      "redirect: silently drop new IKE_SA_INIT to the VIP here (an nftables table "
+                      "'inet ipsec_vip' of its own), unload the connections, then send each client an IKEv2 "
+                      "REDIRECT to the VIP, so that its retry reaches the next holder one retransmit later "
+                      "(needs the resource to stop before the VIP: colocate the VIP with this resource and "
+                      "order 'start this then start VIP' and 'stop this then stop VIP', both "
+                      "symmetrical=false). Clients that did not announce REDIRECT support are left to their "
+                      "DPD and counted in the log. Without nft, as none, with a warning. "
+                      "none: leave the clients to their DPD.", default="redirect"),
     ),
     actions=(
         ocf.Action("start", DEFAULT_TIMEOUT["start"]),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from ipsec_vip import charon, fallback
+from ipsec_vip import charon, fallback, handoff
 from ipsec_vip import vip as vipmod
 from ipsec_vip.errors import (
     ConfigError,
@@ -96,12 +96,17 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -
             loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
         except ViciUnreachable:
             raise _unreachable(params.vici_socket) from None
+        handoff.undrop(str(params.vip))  # a handoff's rule (stop ran here before): accept clients again
         record = states.read(instance)
         if record is not None and set(record.conns) <= loaded and set(selection.connections) <= loaded:
             return f"already started: {len(record.conns)} connections loaded"
         before_secrets = set(v.request("get-shared", timeout=deadline.left()).get("keys", []))
         before_pools = set(v.request("get-pools", timeout=deadline.left()))
         record = _record(params, selection)
+        cleared = handoff.clear_leftovers(v, record, deadline.left())
+        if cleared:
+            log.info("terminated %d IKE_SA(s) left over from an earlier handoff (VIP not held here: "
+                     "nothing sent)", cleared)
         states.write(instance, record)  # before loading: a start cut short is undone by stop
         try:
             _load(v, selection, deadline)
@@ -184,7 +189,7 @@ def _record(params: Params, selection: Any) -> Record:
     return Record(vip=str(params.vip), config=params.config, conns=list(selection.connections),
                   secrets=[s["id"] for s in selection.secrets], pools=list(selection.pools),
                   initiators=initiators(selection.connections), vici_socket=params.vici_socket,
-                  interface=params.interface or "")
+                  interface=params.interface or "", handoff=params.handoff)
 
 
 def target(record: Record, params: Params | None) -> tuple[str, str | None]:
@@ -212,13 +217,27 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
             states.remove(instance)
             return f"charon is not running on {uri}: nothing of ours can be loaded"
         here = vipmod.held(vip_addr)
+        handing = here and record.handoff == "redirect" and handoff.drop(record)
         left = _unload(v, record, states.others(instance), deadline, terminate=not here, loaded=loaded)
         if params is not None and not here:
             fallback.left_vip(v, params.fallback_connections, deadline)
         still = set(v.request("get-conns", timeout=deadline.left())["conns"]) & set(record.conns)
         if still:
             raise IpsecVipError(f"connection(s) {', '.join(sorted(still))} still loaded after unload")
+        if handing:
+            outcome = handoff.redirect(v, record, deadline)
+        elif not here:
+            handoff.undrop(record.vip)  # left by an earlier handoff: the VIP has gone, so has its purpose
         states.remove(instance)
+    if handing:
+        if outcome.unsupported:
+            log.warning("%d client(s) of VIP %s did not announce REDIRECT support: left to their DPD",
+                        outcome.unsupported, record.vip)
+        return f"unloaded {len(record.conns)} connections; handoff: {outcome.summary(record.vip)}"
+    if not here and record.handoff == "redirect":
+        (log.warning if left else log.info)(
+            "VIP %s had already left this node when stop ran: no handoff possible (%d IKE_SA(s)); "
+            "order this resource's stop before the VIP's (docs/handoff.md)", record.vip, left)
     if here and left:
         return (f"unloaded {len(record.conns)} connections; VIP {record.vip} still held here, so "
                 f"{left} SA(s) are left to carry traffic until it moves (no DELETE sent)")

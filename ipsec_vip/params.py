@@ -21,6 +21,7 @@ else:
 DEFAULT_CONFIG = "/etc/ipsec-vip/swanctl.conf"
 _BAD_NAME = re.compile(r'[#{}:.="\s]')
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+HANDOFF_MODES = ("redirect", "none")  # the first is the default
 
 
 class Params(NamedTuple):
@@ -33,6 +34,7 @@ class Params(NamedTuple):
     interface: str | None = None
     start_without_vip: bool = False
     fallback_connections: tuple[str, ...] = ()
+    handoff: str = "redirect"
 
 
 def split_names(text: str, what: str = "connections") -> tuple[str, ...]:
@@ -66,10 +68,14 @@ def parse(values: Mapping[str, str]) -> Params:
     interface = values.get("interface", "").strip() or None
     if interface is not None and not _IFNAME.match(interface):
         raise ConfigError(f"interface {interface!r} is not a valid interface name")
+    handoff = values.get("handoff", "").strip().lower() or HANDOFF_MODES[0]
+    if handoff not in HANDOFF_MODES:
+        raise ConfigError(f"handoff must be {' or '.join(HANDOFF_MODES)}, not {handoff!r}")
     return Params(vip=vip, config=config, connections=split_names(values.get("connections", "")),
                   vici_socket=uri, interface=interface,
                   start_without_vip=_boolean("start_without_vip", values.get("start_without_vip", "")),
-                  fallback_connections=split_names(values.get("fallback_connections", ""), "fallback_connections"))
+                  fallback_connections=split_names(values.get("fallback_connections", ""), "fallback_connections"),
+                  handoff=handoff)
 
 
 def _boolean(name: str, text: str) -> bool:

@@ -41,6 +41,7 @@ class Record(NamedTuple):
     initiators: Sequence[str] = ()
     vici_socket: str = ""
     interface: str = ""
+    handoff: str = "redirect"
 
     @classmethod
     def from_json(cls, data: Any) -> Record:
@@ -50,7 +51,8 @@ class Record(NamedTuple):
                   conns=_strings(data["conns"]), secrets=_strings(data.get("secrets", [])),
                   pools=_strings(data.get("pools", [])),
                   initiators=_strings(data.get("initiators", [])),
-                  vici_socket=str(data.get("vici_socket", "")), interface=str(data.get("interface", "")))
+                  vici_socket=str(data.get("vici_socket", "")), interface=str(data.get("interface", "")),
+                  handoff=str(data.get("handoff", "redirect")))
         return rec
 
 

@@ -26,7 +26,8 @@ def env(gwlab, tmp_path_factory):
 
 def params(env) -> dict[str, str]:
     gw = env["lab"].gateways["gw1"]
-    return {"vip": lab.VIP, "config": str(env["conf"]), "vici_socket": gw.uri}
+    # these scenarios are about unloading without a handoff; the handoff has its own (test_handoff.py)
+    return {"vip": lab.VIP, "config": str(env["conf"]), "vici_socket": gw.uri, "handoff": "none"}
 
 
 def act(env, action, interval="10000", **kw):

@@ -1,0 +1,224 @@
+"""Hand a VIP's clients over to the next holder before the VIP leaves (primitive mode).
+
+A stock strongSwan client (no DPD, ``close_action = none``) does not notice that the VIP
+moved: it keeps sending into its old SA. Told to go elsewhere it comes back at once, so
+the order is what matters (measured, see docs/handoff.md):
+
+1. :func:`drop`: this node silently drops new IKE_SA_INIT requests to the VIP
+   (:mod:`ipsec_vip.droprule`), so a client's first retry is lost here, not refused;
+2. the caller unloads the connections;
+3. :func:`redirect`: an IKEv2 REDIRECT (RFC 5685, VICI ``redirect``) to the VIP for every
+   IKE_SA of ours, all queued at once (charon runs the exchanges in parallel); we wait,
+   inside the stop deadline, until each client answered, so none is still pending when the
+   VIP leaves. The client retries to the VIP; its first retransmit (one
+   ``retransmit_timeout`` later) reaches the next holder.
+
+Whether a client announced REDIRECT support is not in ``list-sas``; charon says it in its
+log ("client does not support IKE redirection", ``ike_sa.c`` ``redirect()``), which VICI
+streams as ``log`` events carrying the IKE_SA's unique id: we listen to those while we
+redirect. Such clients are left as without handoff (DPD), and counted in the log.
+
+After the handoff the old node keeps the redirected IKE_SAs (the client's DELETE goes to
+the VIP, i.e. to the next holder) and so the pool's leases. :func:`clear_leftovers` removes
+them where the VIP is not held - sending from an address this node does not have cannot
+reach anyone - and :func:`spawn_sweeper` runs it as soon as the VIP has left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from ipsec_vip import droprule
+from ipsec_vip import vip as vipmod
+from ipsec_vip.errors import ViciCommandError, ViciError
+from ipsec_vip.log import log
+from ipsec_vip.state import Record
+from ipsec_vip.vici_session import Vici, decode, socket_path
+
+UNSUPPORTED = "client does not support IKE redirection"
+_SENT = "redirecting peer to"
+_ANSWERED = "parsed INFORMATIONAL response"
+_REFUSED = "unable to redirect"
+_WAIT_CAP = 10.0  # at most this long for the clients' answers (a vanished client never answers)
+SWEEP_WAIT = 120.0  # the sweeper gives the VIP this long to leave
+
+
+class Outcome(NamedTuple):
+    """What happened to the IKE_SAs a handoff redirected."""
+
+    sas: int
+    answered: int  # REDIRECT acknowledged by the client (or its SA gone meanwhile)
+    unsupported: int  # the client did not announce REDIRECT support
+    refused: tuple[str, ...]  # charon's reasons for SAs it would not redirect
+    unanswered: int  # sent, no answer within the time we had
+
+    def summary(self, vip: str) -> str:
+        parts = [f"redirected {self.answered} of {self.sas} IKE_SA(s) to {vip}"]
+        if self.unsupported:
+            parts.append(f"{self.unsupported} client(s) did not announce REDIRECT support and are left to "
+                         "their DPD, as without handoff")
+        if self.unanswered:
+            parts.append(f"{self.unanswered} did not answer the REDIRECT in time")
+        if self.refused:
+            parts.append(f"charon would not redirect {len(self.refused)}: {self.refused[0]}")
+        return "; ".join(parts)
+
+
+def drop(record: Record) -> bool:
+    """Put the VIP's drop rule in place; False (one warning, today's behaviour) when nft cannot."""
+    try:
+        droprule.add(vipmod.parse_vip(record.vip))
+    except droprule.NftUnavailable as e:
+        log.warning("no handoff for VIP %s: %s; clients are left to their DPD", record.vip, e)
+        return False
+    return True
+
+
+def undrop(vip: str) -> bool:
+    """Remove the VIP's drop rule if there is one; True if removed. nft trouble is logged, never raised:
+    where nft is missing no rule of ours can exist."""
+    try:
+        return droprule.remove(vipmod.parse_vip(vip))
+    except droprule.NftUnavailable as e:
+        log.warning("cannot check for a drop rule of VIP %s: %s", vip, e)
+        return False
+
+
+def ours(v: Vici, conns: Iterable[str], timeout: float) -> dict[int, dict[str, Any]]:
+    """Unique id -> list-sas body of every IKE_SA of the connections ``conns``."""
+    names = set(conns)
+    return {int(body["uniqueid"]): body
+            for sa in v.stream("list-sas", "list-sa", {"noblock": "yes"}, timeout=timeout)
+            for name, body in sa.items() if name in names and isinstance(body, dict)}
+
+
+class _LogListener:
+    """charon's log as VICI ``log`` events, collected by a thread, per IKE_SA unique id."""
+
+    def __init__(self, uri: str, timeout: float) -> None:
+        from vici.protocol import Packet, Transport
+
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(max(timeout, 0.1))
+        self.lines: dict[int, list[str]] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+        try:
+            self._sock.connect(socket_path(uri))
+            self._transport = Transport(self._sock)
+            self._transport.send(Packet.register_event("log"))
+            while True:
+                kind = Packet.parse(self._transport.receive()).response_type
+                if kind == Packet.EVENT_CONFIRM:
+                    break
+                if kind != Packet.EVENT:
+                    raise ViciError("charon does not offer its log over VICI")
+        except (OSError, ValueError) as e:
+            self._sock.close()
+            raise ViciError(f"cannot listen to charon's log on {uri}: {e}") from None
+        self._thread = threading.Thread(target=self._loop, name="vici-log", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        from vici.protocol import Message, Packet
+
+        while not self._stopped:
+            try:
+                packet = Packet.parse(self._transport.receive(0.2))
+            except socket.timeout:
+                continue
+            except (OSError, ValueError):
+                return
+            if packet.response_type != Packet.EVENT:
+                continue
+            with contextlib.suppress(Exception):
+                event = decode(Message.deserialize(packet.payload))
+                ike_id = int(event.get("ikesa-uniqueid", 0))
+                if ike_id:
+                    with self._lock:
+                        self.lines.setdefault(ike_id, []).append(str(event.get("msg", "")))
+
+    def of(self, ike_id: int) -> list[str]:
+        with self._lock:
+            return list(self.lines.get(ike_id, ()))
+
+    def close(self) -> None:
+        self._stopped = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(1.0)
+        self._sock.close()
+
+
+def redirect(v: Vici, record: Record, deadline: Any) -> Outcome:
+    """REDIRECT every IKEv2 IKE_SA of the record's connections to the VIP; wait for the answers."""
+    sas = {i: b for i, b in ours(v, record.conns, deadline.left()).items() if str(b.get("version")) == "2"}
+    if not sas:
+        return Outcome(0, 0, 0, (), 0)
+    try:
+        listener: _LogListener | None = _LogListener(v.uri, deadline.left(cap=2.0))
+    except ViciError as e:
+        log.warning("%s: cannot tell which clients support REDIRECT", e)
+        listener = None
+    refused: list[str] = []
+    pending = set()
+    try:
+        for ike_id in sas:
+            try:
+                v.request("redirect", {"ike-id": str(ike_id), "gateway": record.vip}, timeout=deadline.left())
+                pending.add(ike_id)
+            except ViciCommandError as e:
+                refused.append(e.errmsg)
+        unsupported: set[int] = set()
+        answered: set[int] = set()
+        end = time.monotonic() + max(deadline.left(cap=_WAIT_CAP) - 1.0, 0.0)
+        next_look = time.monotonic() + 0.5
+        while pending and listener is not None:
+            for ike_id in list(pending):
+                lines = listener.of(ike_id)
+                if any(UNSUPPORTED in line for line in lines):
+                    unsupported.add(ike_id)
+                elif any(_REFUSED in line for line in lines):
+                    refused.append(next(line for line in lines if _REFUSED in line))
+                elif any(_SENT in line for line in lines) and any(_ANSWERED in line for line in lines):
+                    answered.add(ike_id)
+                else:
+                    continue
+                pending.discard(ike_id)
+            if not pending or time.monotonic() >= end:
+                break
+            time.sleep(0.02)
+            if time.monotonic() >= next_look:  # an SA gone meanwhile needs no answer
+                next_look = time.monotonic() + 0.5
+                gone = pending - set(ours(v, record.conns, deadline.left()))
+                answered |= gone
+                pending -= gone
+    finally:
+        if listener is not None:
+            listener.close()
+    if listener is None:  # no way to tell: count what was sent
+        return Outcome(len(sas), len(pending), 0, tuple(refused), 0)
+    return Outcome(len(sas), len(answered), len(unsupported), tuple(refused), len(pending))
+
+
+def clear_leftovers(v: Vici, record: Record, timeout: float) -> int:
+    """Terminate, silently, the IKE_SAs of the record's connections that outlived them (the
+    connections are not loaded). Only where the VIP is not held: a DELETE from an address this
+    node does not have cannot leave. Returns how many were terminated."""
+    if vipmod.held(vipmod.parse_vip(record.vip), record.interface or None):
+        return 0
+    loaded = set(v.request("get-conns", timeout=timeout)["conns"])
+    stale = [i for i, body in ours(v, [c for c in record.conns if c not in loaded], timeout).items()]
+    for ike_id in stale:
+        try:
+            v.stream("terminate", "control-log", {"ike-id": str(ike_id), "force": "yes", "timeout": "-1"},
+                     timeout=timeout)
+        except ViciCommandError as e:
+            if "no matching" not in e.errmsg:
+                raise
+    return len(stale)
