@@ -226,6 +226,7 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
             raise IpsecVipError(f"connection(s) {', '.join(sorted(still))} still loaded after unload")
         if handing:
             outcome = handoff.redirect(v, record, deadline)
+            handoff.spawn_sweeper(record, instance, states)
         elif not here:
             handoff.undrop(record.vip)  # left by an earlier handoff: the VIP has gone, so has its purpose
         states.remove(instance)

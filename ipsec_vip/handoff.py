@@ -27,7 +27,11 @@ reach anyone - and :func:`spawn_sweeper` runs it as soon as the VIP has left.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -37,7 +41,7 @@ from ipsec_vip import droprule
 from ipsec_vip import vip as vipmod
 from ipsec_vip.errors import ViciCommandError, ViciError
 from ipsec_vip.log import log
-from ipsec_vip.state import Record
+from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import Vici, decode, socket_path
 
 UNSUPPORTED = "client does not support IKE redirection"
@@ -222,3 +226,62 @@ def clear_leftovers(v: Vici, record: Record, timeout: float) -> int:
             if "no matching" not in e.errmsg:
                 raise
     return len(stale)
+
+
+def spawn_sweeper(record: Record, instance: str, states: StateDir) -> None:
+    """Start, detached, :func:`sweep` for this record: it outlives the stop action (whose return
+    lets the VIP leave), holds no pipe of its caller's and ends by itself."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    data = json.dumps({"record": record._asdict(), "instance": instance, "states": states.path})
+    try:
+        subprocess.Popen([sys.executable, "-m", "ipsec_vip.handoff", data], env=env, start_new_session=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         close_fds=True, cwd="/")
+    except OSError as e:
+        log.warning("cannot start the sweeper (%s): what the handoff left is cleared by the next start", e)
+
+
+def sweep(record: Record, instance: str, states: StateDir, wait: float = SWEEP_WAIT) -> str:
+    """Once the VIP has left this node: terminate (silently) the SAs the handoff left, unload the
+    pools they held and remove the drop rule - unless the instance was started here again
+    meanwhile (its start did that already)."""
+    from ipsec_vip import control  # control imports this module
+
+    vip = vipmod.parse_vip(record.vip)
+    end = time.monotonic() + wait
+    while vipmod.held(vip, record.interface or None):
+        if time.monotonic() >= end:
+            return f"VIP {record.vip} still held {wait:.0f}s after the handoff: leftovers stay until the next start"
+        time.sleep(0.1)
+    deadline = control.Deadline(30.0)
+    with states.lock(deadline.left()):
+        if states.started(instance):
+            return "started here again meanwhile: nothing to sweep"
+        leftover = record._replace(secrets=[])  # stop unloaded the secrets already
+        with Vici(record.vici_socket, timeout=deadline.left()) as v:
+            n = control._unload(v, leftover, states.others(instance), deadline, terminate=True)
+        undrop(record.vip)
+    return f"VIP {record.vip} has left: terminated {n} IKE_SA(s) the handoff left (nothing sent), drop rule removed"
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m ipsec_vip.handoff JSON``: the sweeper process (see :func:`spawn_sweeper`)."""
+    from ipsec_vip import ocf
+    from ipsec_vip.errors import IpsecVipError
+
+    data = json.loads(argv[1])
+    ocf.setup_logging(data["instance"], os.environ)
+    record = Record.from_json(data["record"])
+    states = StateDir(os.path.dirname(data["states"]))
+    try:
+        log.info("%s", sweep(record, data["instance"], states))
+    except IpsecVipError as e:
+        log.warning("sweep after handoff: %s; the next start clears what is left", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv))
