@@ -85,9 +85,9 @@ def _scenarios(c: cluster.Cluster, reps: int, conf: str, baseline: bool, log: An
         o = next(n for n in c.nodes if n != h)
         if i % 2 == 1 and _dc(c) == h:  # every other crash: the holder is not the DC (crash gaps differ)
             log(f"    moving the VIP to {o} first, so that the holder is not the DC")
-            c.nodes[h].on("pcs", "resource", "move", "vpn-group", o)
+            c.nodes[h].on("pcs", "resource", "move", cluster.MOVE, o)
             c.wait_located("vpn-vip", o, timeout=60)
-            c.nodes[h].on("pcs", "resource", "clear", "vpn-group")
+            c.nodes[h].on("pcs", "resource", "clear", cluster.MOVE)
             h, o = o, h
         log(f"    holder crash {i + 1}/{reps}: {h} dies" + (" (the DC)" if _dc(c) == h else " (not the DC)"))
         run = _measure(c, lambda h=h: c.crash(h), o)

@@ -419,9 +419,9 @@ while True:
 class Probe:
     """Traffic from the client to the server through the tunnel; measures the gap."""
 
-    def __init__(self, work: Path, interval: float = 0.02) -> None:
+    def __init__(self, work: Path, interval: float = 0.02, netns: str = lab.PREFIX + "client") -> None:
         self.file = work / f"probe-{time.monotonic_ns()}.txt"
-        self.proc = subprocess.Popen([lab.IP, "netns", "exec", lab.PREFIX + "client", sys.executable, "-c", PROBE,
+        self.proc = subprocess.Popen([lab.IP, "netns", "exec", netns, sys.executable, "-c", PROBE,
                                       str(self.file), str(interval), lab.SERVER_IP],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -452,8 +452,48 @@ class Probe:
 
 
 
-def pcs_commands(conf: str) -> list[list[str]]:
-    """The README's pcs commands, plus the backend VIP the server routes through."""
+# The resource the others follow: what `pcs resource move` / `crm resource move` name.
+MOVE = "vpn"
+
+
+def pcs_commands(conf: str, **params: str) -> list[list[str]]:
+    """The README's pcs commands (docs/handoff.md), plus the backend VIP the server routes through:
+    the agent starts before the VIPs and stops before them too, so its stop can hand the clients
+    over while the VIP is still here. The VIPs are created disabled and enabled once the
+    constraints exist, so they never start anywhere else first."""
+    extra = [f"{k}={v}" for k, v in params.items()]
+    return [
+        ["pcs", "resource", "create", "vpn", "ocf:ipsec-vip:strongswan", f"vip={lab.VIP}", f"config={conf}",
+         "start_without_vip=true", *extra, "op", "monitor", "interval=2s", "timeout=20s"],
+        ["pcs", "resource", "create", "vpn-vip", "ocf:heartbeat:IPaddr2", f"ip={lab.VIP}", "cidr_netmask=24",
+         "nic=eth0", "op", "monitor", "interval=2s", "--group", "vpn-vips", "--disabled"],
+        ["pcs", "resource", "create", "vpn-backvip", "ocf:heartbeat:IPaddr2", f"ip={lab.BACK_VIP}",
+         "cidr_netmask=24", "nic=eth1", "op", "monitor", "interval=2s", "--group", "vpn-vips", "--disabled"],
+        ["pcs", "constraint", "colocation", "add", "vpn-vips", "with", "vpn", "INFINITY"],
+        ["pcs", "constraint", "order", "start", "vpn", "then", "start", "vpn-vips", "symmetrical=false"],
+        ["pcs", "constraint", "order", "stop", "vpn", "then", "stop", "vpn-vips", "symmetrical=false"],
+        ["pcs", "resource", "enable", "vpn-vip", "vpn-backvip"],
+    ]
+
+
+def crm_configure(conf: str) -> str:
+    """The README's crm configuration (docs/handoff.md), plus the backend VIP."""
+    return f"""primitive vpn ocf:ipsec-vip:strongswan \\
+    params vip={lab.VIP} config={conf} start_without_vip=true op monitor interval=2s timeout=20s
+primitive vpn-vip ocf:heartbeat:IPaddr2 params ip={lab.VIP} cidr_netmask=24 nic=eth0 op monitor interval=2s
+primitive vpn-backvip ocf:heartbeat:IPaddr2 params ip={lab.BACK_VIP} cidr_netmask=24 nic=eth1 \\
+    op monitor interval=2s
+group vpn-vips vpn-vip vpn-backvip
+colocation vpn-vips-with-vpn inf: vpn-vips vpn
+order vpn-starts-first Mandatory: vpn:start vpn-vips:start symmetrical=false
+order vpn-stops-first Mandatory: vpn:stop vpn-vips:stop symmetrical=false
+commit
+"""
+
+
+def pcs_group_commands(conf: str) -> list[list[str]]:
+    """The former recipe: agent first in a group with the VIPs, so the VIPs stop before it
+    (no handoff possible: the agent says so in its log)."""
     return [
         ["pcs", "resource", "create", "vpn", "ocf:ipsec-vip:strongswan", f"vip={lab.VIP}", f"config={conf}",
          "start_without_vip=true", "op", "monitor", "interval=2s", "timeout=20s", "--group", "vpn-group"],
@@ -462,15 +502,3 @@ def pcs_commands(conf: str) -> list[list[str]]:
         ["pcs", "resource", "create", "vpn-backvip", "ocf:heartbeat:IPaddr2", f"ip={lab.BACK_VIP}",
          "cidr_netmask=24", "nic=eth1", "op", "monitor", "interval=2s", "--group", "vpn-group"],
     ]
-
-
-def crm_configure(conf: str) -> str:
-    """The README's crm configuration, plus the backend VIP."""
-    return f"""primitive vpn ocf:ipsec-vip:strongswan \\
-    params vip={lab.VIP} config={conf} start_without_vip=true op monitor interval=2s timeout=20s
-primitive vpn-vip ocf:heartbeat:IPaddr2 params ip={lab.VIP} cidr_netmask=24 nic=eth0 op monitor interval=2s
-primitive vpn-backvip ocf:heartbeat:IPaddr2 params ip={lab.BACK_VIP} cidr_netmask=24 nic=eth1 \\
-    op monitor interval=2s
-group vpn-group vpn vpn-vip vpn-backvip
-commit
-"""

@@ -364,6 +364,27 @@ class Lab:
         self.namespaces.clear()
 
 
+def add_client(short: str, addr: str, lan: str, namespaces: list[str], extra: str = "") -> Charon:
+    """Another client on the front bridge of the lab whose ``lan`` namespace is given: its own
+    namespace (appended to ``namespaces`` for the lab's cleanup) and charon (``extra`` settings)."""
+    ns = add_netns(short)
+    namespaces.append(ns)
+    port = f"q{short}"[:15]
+    run(IP, "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", lan)
+    run(IP, "-n", lan, "link", "set", port, "master", "brf", "up")
+    run(IP, "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+    run(IP, "-n", ns, "link", "set", "eth0", "up")
+    return Charon.start(short, netns=ns, extra=extra)
+
+
+def stock_conn(identity: str, vip: str = VIP) -> dict[str, Any]:
+    """A road-warrior client as strongSwan ships it: no DPD, close_action none, keyingtries 1."""
+    return {"home": {"version": "2", "remote_addrs": [vip], "vips": ["0.0.0.0"],
+                     "local": {"auth": "psk", "id": identity},
+                     "remote": {"auth": "psk", "id": "vpn.example.com"},
+                     "children": {"home": {"remote_ts": ["198.51.100.0/24"]}}}}
+
+
 def client_conn(vip: str = VIP, identity: str = "client1@example.com",
                 server_id: str = "vpn.example.com") -> dict[str, Any]:
     """A road-warrior client with the settings the README recommends."""

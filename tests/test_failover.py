@@ -148,9 +148,9 @@ def test_pcs_resource_move(cl):
     first = holder(cl)
     second = other(cl, first)
     n = cl.nodes[first]
-    measure(cl, "pcs resource move", lambda: n.on("pcs", "resource", "move", "vpn-group", second), second)
+    measure(cl, "pcs resource move", lambda: n.on("pcs", "resource", "move", cluster.MOVE, second), second)
     assert_clean(cl, first)
-    n.on("pcs", "resource", "clear", "vpn-group")
+    n.on("pcs", "resource", "clear", cluster.MOVE)
 
 
 def test_charon_crash_on_the_holder(cl):

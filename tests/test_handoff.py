@@ -40,14 +40,6 @@ secrets {
 """
 
 
-def stock_conn(identity: str) -> dict[str, Any]:
-    """strongSwan's defaults: no DPD, close_action none, keyingtries 1."""
-    return {"home": {"version": "2", "remote_addrs": [lab.VIP], "vips": ["0.0.0.0"],
-                     "local": {"auth": "psk", "id": identity},
-                     "remote": {"auth": "psk", "id": "vpn.example.com"},
-                     "children": {"home": {"remote_ts": ["198.51.100.0/24"]}}}}
-
-
 class Env:
     def __init__(self, lb: lab.Lab, conf: Path, rsctmp: Path) -> None:
         self.lab, self.conf, self.rsctmp = lb, conf, rsctmp
@@ -65,18 +57,6 @@ class Env:
         return lab.in_ns(self.lab.ns(gw), "nft", *args, check=check).stdout
 
 
-def add_client(lb: lab.Lab, short: str, addr: str, extra: str = "") -> lab.Charon:
-    ns = lab.add_netns(short)
-    lb.namespaces.append(ns)
-    lan = lb.ns("lan")
-    lab.run(lab.IP, "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"q{short}"[:15], "netns", lan)
-    lab.run(lab.IP, "-n", lan, "link", "set", f"q{short}"[:15], "master", "brf", "up")
-    lab.run(lab.IP, "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
-    lab.run(lab.IP, "-n", ns, "link", "set", "eth0", "up")
-    c = lab.Charon.start(short, netns=ns, extra=extra)
-    return c
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Iterator[Env]:
     if os.geteuid() != 0:
@@ -87,12 +67,13 @@ def env(tmp_path_factory) -> Iterator[Env]:
     e.conf.write_text(CONF % {"vip": lab.VIP, "psk": PSK})
     e.conf.chmod(0o600)
     try:
-        e.clients["stock"] = add_client(lb, "stock", STOCK_IP)
-        e.clients["noredir"] = add_client(lb, "noredir", NOREDIR_IP, extra="  follow_redirects = no\n")
+        e.clients["stock"] = lab.add_client("stock", STOCK_IP, lb.ns("lan"), lb.namespaces)
+        e.clients["noredir"] = lab.add_client("noredir", NOREDIR_IP, lb.ns("lan"), lb.namespaces,
+                                              extra="  follow_redirects = no\n")
         for name, c in e.clients.items():
             with c.vici() as s:
                 s.load_shared({"id": "home-psk", "type": "IKE", "data": PSK, "owners": []})
-                s.load_conn(stock_conn(f"{name}@example.com"))
+                s.load_conn(lab.stock_conn(f"{name}@example.com"))
         yield e
     finally:
         for c in e.clients.values():
