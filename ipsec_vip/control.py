@@ -207,6 +207,8 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
     """Unload what the instance loaded; terminate its SAs once the VIP is gone."""
     record = read_record(params, instance, states)
     if record is None:
+        if params is not None and not vipmod.held(params.vip, params.interface) and handoff.undrop(str(params.vip)):
+            return "not started here; removed the drop rule a handoff left"
         return "not started here"
     vip_addr = vipmod.parse_vip(record.vip)
     uri, _ = target(record, params)

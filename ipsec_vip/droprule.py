@@ -30,11 +30,10 @@ import subprocess
 from typing import Any
 
 from ipsec_vip.errors import IpsecVipError
-from ipsec_vip.firewall import NFT
+from ipsec_vip.firewall import NFT, OWN_TABLE
 from ipsec_vip.vip import IPAddress
 
-FAMILY = "inet"
-TABLE = "ipsec_vip"
+FAMILY, TABLE = OWN_TABLE
 CHAIN = "input"
 PRIORITY = -10  # before the usual filter chains (0), so our drop needs no help from them
 _TAG = "ipsec-vip handoff "

@@ -25,6 +25,7 @@ IPTABLES_SAVE = {4: "/usr/sbin/iptables-save", 6: "/usr/sbin/ip6tables-save"}
 PROTOCOLS = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51, "ipv6-icmp": 58,
              "icmpv6": 58, "sctp": 132, "udplite": 136, "all": 0}
 _TIMEOUT = 15.0
+OWN_TABLE = ("inet", "ipsec_vip")  # the handoff's drop rules (ipsec_vip.droprule): judged by their own check
 
 
 class Packet(NamedTuple):
@@ -476,9 +477,9 @@ def evaluate(rules: Ruleset, pkt: Packet) -> Verdict | None:
     w = _Walk()
     decided: list[tuple[str, str, tuple[str, ...]]] = []
     ipt_text = rules.iptables.get(pkt.family, "")
-    skip: set[tuple[str, str]] = set()
+    skip: set[tuple[str, str]] = {OWN_TABLE}
     if "(nf_tables)" in ipt_text or "-nft-save" in ipt_text:  # iptables-nft: these tables also show up in nft
-        skip = {("ip", "filter"), ("ip6", "filter")}
+        skip |= {("ip", "filter"), ("ip6", "filter")}
     if rules.nft is not None:
         nft = _Nft(rules.nft)
         for key in nft.base_chains(pkt.family, skip):

@@ -429,9 +429,40 @@ def check_firewall(ctx: Context) -> list[Finding]:
     return out
 
 
+def check_handoff_rules(ctx: Context) -> list[Finding]:
+    """No drop rule of a handoff (ipsec_vip.droprule) outlives it: the sweeper removes it once the
+    VIP has left, the next start before loading; one on a node without the VIP is a leftover."""
+    from ipsec_vip import droprule
+    from ipsec_vip import vip as vipmod
+
+    if not droprule.installed():
+        return []
+    try:
+        rules = droprule.listed()
+    except droprule.NftUnavailable as e:
+        return [Finding("handoff", WARN, f"cannot read the handoff's drop rules: {e}", "run as root")]
+    if not rules:
+        return [Finding("handoff", OK, f"no drop rule of a handoff in nftables table "
+                                       f"{droprule.FAMILY} {droprule.TABLE}")]
+    out = []
+    for vip, handles in sorted(rules.items(), key=lambda kv: (kv[0].version, kv[0])):
+        fix = "; ".join(f"nft delete rule {droprule.FAMILY} {droprule.TABLE} {droprule.CHAIN} handle {h}"
+                        for h in handles)
+        if vipmod.held(vip):
+            out.append(Finding("handoff", WARN, f"new IKE_SA_INIT to VIP {vip}, held here, are dropped by a "
+                               "handoff's rule: right for the moment between stop and the VIP's departure, "
+                               "else no new client can connect", f"{fix} (or start the resource: start removes it)"))
+        else:
+            out.append(Finding("handoff", FAIL, f"leftover drop rule of a handoff for VIP {vip}, which this node "
+                               "does not hold: new clients would be dropped if the VIP came back without the "
+                               "resource's start", fix))
+    return out
+
+
 CHECKS: tuple[Callable[[Context], list[Finding]], ...] = (
     check_xfrm_netlink, check_kernel_esp, check_tun, check_charon_running, check_vici, check_plugins,
     check_config, check_connections, check_psk_strength, check_not_load_all, check_secret_files, check_firewall,
+    check_handoff_rules,
 )
 
 

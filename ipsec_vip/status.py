@@ -148,6 +148,7 @@ def report(found: list[Target], default_socket: str, timeout: float = 5.0) -> di
     charons: dict[str, tuple[dict[str, Any], set[str], list[dict[str, Any]]]] = {}
     for uri in dict.fromkeys(sockets):
         charons[uri] = _charon(uri, timeout)
+    drops = _drop_rules()
     vips = []
     for t in found:
         uri = t.params.vici_socket if t.params is not None else default_socket
@@ -166,13 +167,24 @@ def report(found: list[Target], default_socket: str, timeout: float = 5.0) -> di
             "interface": t.params.interface if t.params is not None else None,
             "started": t.record is not None, "held": held,
             "error": "; ".join(e for e in (error, held_error) if e) or None,
+            "drop_rule": None if drops is None or t.params is None else str(t.params.vip) in drops,
             "connections": conns,
             "ike_sas_established": sum(1 for c in conns for i in c["ike_sas"] if i["state"] == "ESTABLISHED"),
             "child_sas_installed": sum(1 for c in conns for i in c["ike_sas"] for ch in i["children"]
                                        if ch["state"] == "INSTALLED"),
         })
     return {"schema": SCHEMA, "node": os.uname().nodename, "charons": [c[0] for c in charons.values()],
-            "vips": vips}
+            "vips": vips, "drop_rules": drops}
+
+
+def _drop_rules() -> list[str] | None:
+    """The VIPs whose new IKE_SA_INIT a handoff's rule drops here (None: cannot tell)."""
+    from ipsec_vip import droprule
+
+    try:
+        return [str(v) for v in sorted(droprule.listed(), key=lambda a: (a.version, a))]
+    except droprule.NftUnavailable:
+        return None if droprule.installed() else []
 
 
 def unreachable(rep: dict[str, Any]) -> bool:
@@ -202,7 +214,13 @@ def render(rep: dict[str, Any]) -> str:
                          f"{c['ike_sas']} IKE_SA(s), {c['half_open']} half-open")
         else:
             lines.append(f"charon on {c['socket']}: NOT REACHABLE ({c['error']})")
-    if not rep["vips"]:
+    shown = {v["vip"] for v in rep["vips"]}
+    for addr in rep.get("drop_rules") or []:
+        if addr not in shown:
+            lines.append("")
+            lines.append(f"VIP {addr}: new IKE_SA_INIT to it dropped here (a handoff's nftables rule, "
+                         "table inet ipsec_vip); no resource of it started here")
+    if not rep["vips"] and not rep.get("drop_rules"):
         lines.append("no VIP configured on this node (no resource started here, no watch config; try --vip)")
     for v in rep["vips"]:
         held = {True: "held here", False: "not held here", None: "held: unknown"}[v["held"]]
@@ -212,6 +230,8 @@ def render(rep: dict[str, Any]) -> str:
         lines.append(f"VIP {v['vip']}: {held}, {started} ({origin}, config {v['config']})")
         if v["error"]:
             lines.append(f"  error: {v['error']}")
+        if v["drop_rule"]:
+            lines.append("  new IKE_SA_INIT to it dropped here (a handoff's nftables rule, table inet ipsec_vip)")
         if v["connections"]:
             lines.append(f"  {v['ike_sas_established']} IKE_SA(s) established, "
                          f"{v['child_sas_installed']} CHILD_SA(s) installed")
