@@ -471,8 +471,9 @@ class Result:
 
 
 def agent(action: str, params: dict[str, str], netns: str | None = None, rsctmp: str | None = None,
-          instance: str = "vpn", timeout: float = 60, **env: str) -> Result:
-    """Run ocf/strongswan like pacemaker-execd would: clean environment, one action."""
+          instance: str = "vpn", timeout: float = 60, wrap: tuple[str, ...] = (), **env: str) -> Result:
+    """Run ocf/strongswan like pacemaker-execd would: clean environment, one action (``wrap``: a
+    command prefix inside the namespace, e.g. to hide a tool)."""
     bindir = os.path.dirname(os.path.realpath(sys.executable))
     environ = {
         "PATH": f"{os.path.dirname(sys.executable)}:{bindir}:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -484,7 +485,7 @@ def agent(action: str, params: dict[str, str], netns: str | None = None, rsctmp:
         environ["HA_RSCTMP"] = rsctmp
     environ.update({f"OCF_RESKEY_{k}": v for k, v in params.items()})
     environ.update(env)
-    cmd = [sys.executable, AGENT, action]
+    cmd = [*wrap, sys.executable, AGENT, action]
     if netns:
         cmd = [IP, "netns", "exec", netns, *cmd]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environ)

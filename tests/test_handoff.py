@@ -142,8 +142,7 @@ def test_stop_redirects_the_stock_client_to_the_next_holder(env: Env) -> None:
 
 
 def rule_in_place(e: Env, gw: str) -> bool:
-    out = e.nft(gw, "list", "ruleset")
-    return f'comment "ipsec-vip handoff {lab.VIP}"' in out and "table inet ipsec_vip" in out
+    return f'comment "ipsec-vip handoff {lab.VIP}"' in e.nft(gw, "list", "table", "inet", "ipsec_vip", check=False)
 
 
 def assert_swept(e: Env, gw: str, timeout: float = 10) -> None:
@@ -183,3 +182,217 @@ def test_moves_back_and_forth_leave_nothing_behind(env: Env) -> None:
     # not know them; they end after its retransmits (about 165 s stock), nothing the gateways can help
     states = sorted(sa["state"] for sa in e.clients["stock"].sas())
     assert states.count("ESTABLISHED") == 1 and set(states) <= {"ESTABLISHED", "DELETING"}, states
+
+
+# --------------------------------------------------------------------------- faults and reports
+HIDE_NFT = ("unshare", "-m", "sh", "-c", 'mount --bind /dev/null /usr/sbin/nft && exec "$@"', "sh")
+
+
+def setup_holder(e: Env, gw: str, **params: str) -> lab.Charon:
+    """Nothing of ours anywhere, then the VIP and the resource on ``gw``, and the stock client
+    connected afresh (a fresh IKE_SA: a client follows at most 5 redirects in 300 s)."""
+    for g in ("gw1", "gw2"):
+        e.lab.del_vip(g)
+    for g in ("gw1", "gw2"):
+        assert e.act(g, "stop").rc == 0
+    e.lab.add_vip(gw)
+    r = e.act(gw, "start", **params)
+    assert r.rc == 0, r.stderr
+    stock = e.clients["stock"]
+    with stock.vici() as s:
+        for ike_id in [body["uniqueid"] for sa in s.list_sas() for body in sa.values()]:
+            list(s.terminate({"ike-id": ike_id, "force": "yes", "timeout": "-1"}))
+    initiate(stock)
+    assert established_via(stock) == [lab.VIP]
+    return stock
+
+
+def client_ids(c: lab.Charon) -> list[str]:
+    return sorted(sa["uniqueid"] for sa in c.sas())
+
+
+def test_vip_gone_before_stop_says_no_handoff_was_possible(env: Env) -> None:
+    """The former group recipe stops the VIP first: stop notices and says so."""
+    e = env
+    setup_holder(e, "gw1")
+    e.lab.del_vip("gw1")
+    r = e.act("gw1", "stop")
+    assert r.rc == 0, r.stderr
+    assert "had already left this node when stop ran: no handoff possible (1 IKE_SA(s))" in r.stderr, r.stderr
+    assert not gw_sas(e.lab.gateways["gw1"]) and not rule_in_place(e, "gw1")
+
+
+def test_without_nft_stop_behaves_as_before_with_one_warning(env: Env) -> None:
+    e = env
+    stock = setup_holder(e, "gw1")
+    before = client_ids(stock)
+    r = lab.agent("stop", e.params("gw1"), netns=e.lab.ns("gw1"), rsctmp=str(e.rsctmp / "gw1"), wrap=HIDE_NFT)
+    assert r.rc == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "no handoff for VIP" in line]
+    assert len(warnings) == 1 and "/usr/sbin/nft is not installed" in warnings[0], r.stderr
+    assert "left to carry traffic until it moves (no DELETE sent)" in r.stderr, r.stderr
+    time.sleep(1)
+    assert client_ids(stock) == before, "the client was told to reconnect"
+    assert not rule_in_place(e, "gw1")
+
+
+def test_foreign_tables_are_never_touched(env: Env) -> None:
+    """A foreign table with a drop-all chain, an accept for the VIP and our comment, and another
+    family's table under our name: the handoff works beside them and leaves them as they were."""
+    e = env
+    setup_holder(e, "gw1")
+    e.act("gw2", "start")
+    foreign = f"""table inet foreign {{
+  chain dropall {{
+    drop
+  }}
+  chain input {{
+    type filter hook input priority 10; policy accept;
+    ip daddr {lab.VIP} udp dport 500 accept comment "ipsec-vip handoff {lab.VIP}"
+  }}
+}}
+table ip ipsec_vip {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+  }}
+  chain dropall {{
+    drop
+  }}
+}}
+"""
+    lab.in_ns(e.lab.ns("gw1"), "nft", "-f", "-", input=foreign)
+    try:
+        def snapshot() -> str:
+            return e.nft("gw1", "list", "table", "inet", "foreign") + e.nft("gw1", "list", "table", "ip", "ipsec_vip")
+        before = snapshot()
+        r = e.act("gw1", "stop")
+        assert r.rc == 0 and "redirected 1 of 1" in r.stderr, r.stderr
+        assert rule_in_place(e, "gw1")
+        move(e, "gw1", "gw2")
+        wait_for(lambda: [sa["remote-id"] for sa in gw_sas(e.lab.gateways["gw2"]) if sa["state"] == "ESTABLISHED"]
+                 == ["stock@example.com"], 15, "stock client on gw2")
+        assert_swept(e, "gw1")
+        assert snapshot() == before
+    finally:
+        e.nft("gw1", "delete", "table", "inet", "foreign", check=False)
+        e.nft("gw1", "delete", "table", "ip", "ipsec_vip", check=False)
+
+
+def test_our_table_name_taken_nft_refuses_stop_behaves_as_before(env: Env) -> None:
+    """Someone's own `inet ipsec_vip` with a chain we cannot use: nft refuses, stop succeeds as
+    without handoff (one warning) and leaves that table alone."""
+    e = env
+    stock = setup_holder(e, "gw1")
+    e.nft("gw1", "delete", "table", "inet", "ipsec_vip", check=False)  # ours, empty, kept since the last handoff
+    lab.in_ns(e.lab.ns("gw1"), "nft", "-f", "-",
+              input="table inet ipsec_vip {\n  chain input { type filter hook output priority 0; policy accept; }\n}\n")
+    try:
+        before = e.nft("gw1", "list", "table", "inet", "ipsec_vip")
+        ids = client_ids(stock)
+        r = e.act("gw1", "stop")
+        assert r.rc == 0, r.stderr
+        assert sum("no handoff for VIP" in line and "refused" in line for line in r.stderr.splitlines()) == 1, r.stderr
+        time.sleep(1)
+        assert client_ids(stock) == ids
+        assert e.nft("gw1", "list", "table", "inet", "ipsec_vip") == before
+    finally:
+        e.nft("gw1", "delete", "table", "inet", "ipsec_vip", check=False)
+
+
+def test_charon_refusing_redirect(env: Env, tmp_path: Path) -> None:
+    from tests.vici_fakes import Proxy
+
+    e = env
+    proxy = Proxy(tmp_path / "p.vici", e.lab.gateways["gw1"].vici_path,
+                  answers={"redirect": {"success": "no", "errmsg": "refused by the test"}})
+    try:
+        stock = setup_holder(e, "gw1", vici_socket=proxy.uri)
+        ids = client_ids(stock)
+        r = e.act("gw1", "stop", vici_socket=proxy.uri)
+        assert r.rc == 0, r.stderr
+        assert "redirected 0 of 1 IKE_SA(s)" in r.stderr and "charon would not redirect 1: refused by the test" \
+            in r.stderr, r.stderr
+        assert "redirect" in proxy.commands
+        time.sleep(1)
+        assert client_ids(stock) == ids
+    finally:
+        proxy.close()
+
+
+def test_stop_killed_halfway_next_start_cleans_up(env: Env, tmp_path: Path) -> None:
+    """Stop killed after the drop rule and the unload, in its REDIRECT: the next start removes
+    the rule and loads again, so new clients get in."""
+    import subprocess
+    import threading
+
+    from tests.vici_fakes import Proxy
+
+    e = env
+    release = threading.Event()
+
+    def hang(command: str) -> None:
+        if command == "redirect":
+            release.wait(30)
+    proxy = Proxy(tmp_path / "p.vici", e.lab.gateways["gw1"].vici_path, before=hang)
+    try:
+        setup_holder(e, "gw1", vici_socket=proxy.uri)
+        with pytest.raises(subprocess.TimeoutExpired):
+            lab.agent("stop", e.params("gw1", vici_socket=proxy.uri), netns=e.lab.ns("gw1"),
+                      rsctmp=str(e.rsctmp / "gw1"), timeout=3)
+        assert rule_in_place(e, "gw1")
+        assert e.lab.gateways["gw1"].conns() == []
+        release.set()
+        r = e.act("gw1", "start", vici_socket=proxy.uri)
+        assert r.rc == 0, r.stderr
+        assert not rule_in_place(e, "gw1")
+        assert e.lab.gateways["gw1"].conns() == ["rw"]
+        noredir = e.clients["noredir"]
+        with noredir.vici() as s:
+            for ike_id in [body["uniqueid"] for sa in s.list_sas() for body in sa.values()]:
+                list(s.terminate({"ike-id": ike_id, "force": "yes", "timeout": "-1"}))
+        initiate(noredir)  # a new client gets in
+        assert established_via(noredir) == [lab.VIP]
+    finally:
+        release.set()
+        proxy.close()
+
+
+def cli(e: Env, gw: str, *args: str) -> lab.Result:
+    import subprocess
+    import sys
+
+    p = subprocess.run([lab.IP, "netns", "exec", e.lab.ns(gw), sys.executable, "-m", "ipsec_vip.cli", *args],
+                       capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(Path(lab.AGENT).parent.parent),
+                            "HA_RSCTMP": str(e.rsctmp / gw)})
+    return lab.Result(p.returncode, p.stdout, p.stderr)
+
+
+def test_status_shows_and_check_reports_the_rule(env: Env) -> None:
+    e = env
+    setup_holder(e, "gw1")
+    r = e.act("gw1", "stop")
+    assert r.rc == 0, r.stderr
+    opts = ("--vip", lab.VIP, "--config", str(e.conf), "--vici-socket", e.lab.gateways["gw1"].uri)
+    st = cli(e, "gw1", "status", *opts)
+    assert "new IKE_SA_INIT to it dropped here" in st.stdout, st.stdout + st.stderr
+    ck = cli(e, "gw1", "check", *opts)
+    assert "[WARN] handoff: new IKE_SA_INIT to VIP" in ck.stdout, ck.stdout
+    # a leftover on a node without the VIP (as if the sweeper had been killed)
+    e.lab.del_vip("gw1")
+    lab.in_ns(e.lab.ns("gw2"), "nft", "-f", "-", input="add table inet ipsec_vip\nadd chain inet ipsec_vip input "
+              "{ type filter hook input priority -10; policy accept; }\n" + "".join(
+                  f"add rule inet ipsec_vip input {rule}\n" for rule in lab_rules()))
+    ck = cli(e, "gw2", "check", *opts[:4], "--vici-socket", e.lab.gateways["gw2"].uri)
+    assert ck.rc == 1 and f"[FAIL] handoff: leftover drop rule of a handoff for VIP {lab.VIP}" in ck.stdout, ck.stdout
+    assert "nft delete rule inet ipsec_vip input handle" in ck.stdout
+    dn = cli(e, "gw2", "down", *opts[:4], "--vici-socket", e.lab.gateways["gw2"].uri)
+    assert dn.rc == 0 and "removed the drop rule a handoff left" in dn.stdout, dn.stdout + dn.stderr
+    assert not rule_in_place(e, "gw2")
+
+
+def lab_rules() -> list[str]:
+    from ipsec_vip import droprule
+    from ipsec_vip.vip import parse_vip
+
+    return droprule.rules_text(parse_vip(lab.VIP))

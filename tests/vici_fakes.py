@@ -122,10 +122,11 @@ class Proxy(FakeServer):
     """Forward each connection to the real charon socket ``target``."""
 
     def __init__(self, path: Path, target: str, before: Callable[[str], None] | None = None,
-                 reply_delay: float = 0.0) -> None:
+                 reply_delay: float = 0.0, answers: dict[str, dict[str, Any]] | None = None) -> None:
         self.target = target
         self.before = before or (lambda _command: None)
         self.reply_delay = reply_delay
+        self.answers = answers or {}  # command -> the reply the proxy gives itself (not forwarded)
         self.commands: list[str] = []
         super().__init__(path, self._session)
 
@@ -137,25 +138,35 @@ class Proxy(FakeServer):
             client.close()
             upstream.close()
             return
-        threading.Thread(target=self._pump, args=(upstream, client, self.reply_delay, None), daemon=True).start()
-        self._pump(client, upstream, 0.0, self._request)
+        lock = threading.Lock()  # one writer at a time towards the client
+        threading.Thread(target=self._pump, args=(upstream, client, self.reply_delay, None, lock),
+                         daemon=True).start()
+        self._pump(client, upstream, 0.0, lambda packet: self._request(packet, client, lock), None)
 
-    def _request(self, packet: bytes) -> None:
+    def _request(self, packet: bytes, client: socket.socket, lock: threading.Lock) -> bool:
+        """Hook on each packet towards charon; True when the proxy answered it itself."""
         name = command_of(packet)
         self.commands.append(name)
         self.before(name)
+        if packet[4] == Packet.CMD_REQUEST and name in self.answers:
+            payload = struct.pack("!B", Packet.CMD_RESPONSE) + Message.serialize(self.answers[name])
+            with lock:
+                client.sendall(struct.pack("!I", len(payload)) + payload)
+            return True
+        return False
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket, delay: float,
-              hook: Callable[[bytes], None] | None) -> None:
+              hook: Callable[[bytes], bool] | None, lock: threading.Lock | None) -> None:
         try:
             while True:
                 packet = read_packet(src)
-                if hook:
-                    hook(packet)
+                if hook and hook(packet):
+                    continue
                 if delay:
                     time.sleep(delay)
-                dst.sendall(packet)
+                with lock or contextlib.nullcontext():
+                    dst.sendall(packet)
         except (EOFError, OSError):
             pass
         finally:
