@@ -480,14 +480,15 @@ def test_reaction_bench_runs():
 @pytest.mark.slow
 def test_road_warrior_through_the_watcher(gwlab, tmp_path):
     """End to end: a real client gets in once the VIP is here; the VIP leaving ends its SA; SIGTERM on
-    the VIP holder unloads the connection but sends the client no DELETE (the agent's stop)."""
+    the VIP holder with handoff none unloads the connection but sends the client no DELETE (the
+    agent's stop; the default handoff is test_sigterm_on_the_holder_hands_the_client_over)."""
     tmp_path.chmod(0o755)
     lb: lab.Lab = gwlab
     gw = lb.gateways["gw1"]
     conf = tmp_path / "swanctl.conf"
     conf.write_text(GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})
     lab.client_load(lb.client, PSK)
-    w = Watch(lb.ns("gw1"), watch_args(gw, lab.VIP, conf, tmp_path / "state"), tmp_path)
+    w = Watch(lb.ns("gw1"), watch_args(gw, lab.VIP, conf, tmp_path / "state", "--handoff", "none"), tmp_path)
     try:
         w.ready()
         lb.add_vip("gw1")
@@ -536,3 +537,33 @@ def test_config_broken_while_running_is_retried_and_logged_once(env, watchers, t
     settled(env, {"one"}, timeout=10)
     assert "recovered" in w.log()
     assert w.terminate() == 0
+
+
+def test_sigterm_on_the_holder_hands_the_client_over(gwlab, tmp_path):
+    """keepalived's notify (or systemctl stop) before the VIP leaves: the daemon's stop hands the
+    client over as the agent's does - drop rule, then REDIRECT to the VIP."""
+    tmp_path.chmod(0o755)
+    lb: lab.Lab = gwlab
+    gw = lb.gateways["gw1"]
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})
+    lab.client_load(lb.client, PSK)
+    w = Watch(lb.ns("gw1"), watch_args(gw, lab.VIP, conf, tmp_path / "state"), tmp_path)
+    try:
+        w.ready()
+        lb.add_vip("gw1")
+        wait_for(lambda: gw.conns() == ["rw"])
+        assert lab.client_initiate(lb.client)
+        sa = client_sa(lb.client)
+        assert w.terminate() == 0
+        assert "redirected 1 of 1 IKE_SA(s) to 192.0.2.100" in w.log(), w.log()
+        rules = lab.in_ns(lb.ns("gw1"), "nft", "list", "table", "inet", "ipsec_vip").stdout
+        assert f"ipsec-vip handoff {lab.VIP}" in rules
+        # the client follows at once: a new IKE_SA to the VIP, whose IKE_SA_INIT this node drops
+        wait_for(lambda: any(s["uniqueid"] != sa["uniqueid"] for s in lb.client.sas()))
+    finally:
+        w.close()
+        lb.del_vip("gw1")
+        lab.in_ns(lb.ns("gw1"), "nft", "delete", "table", "inet", "ipsec_vip", check=False)
+        lb.client.clear()
+        gw.clear()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ipsec_vip.params import DEFAULT_CONFIG, Params, parse
+from ipsec_vip.params import DEFAULT_CONFIG, HANDOFF_MODES, Params, parse
 from ipsec_vip.vici_session import DEFAULT_SOCKET
 
 
@@ -21,4 +21,12 @@ def params_from(args: argparse.Namespace) -> Params:
     """The agent's Params from the options (ConfigError when invalid)."""
     return parse({"vip": args.vip or "", "config": args.config, "connections": args.connections,
                   "vici_socket": args.vici_socket, "interface": args.interface,
-                  "fallback_connections": getattr(args, "fallback_connections", "")})
+                  "fallback_connections": getattr(args, "fallback_connections", ""),
+                  "handoff": getattr(args, "handoff", None) or ""})
+
+
+def add_handoff_option(p: argparse.ArgumentParser, default: str | None = HANDOFF_MODES[0]) -> None:
+    """--handoff, as the agent's parameter (what stop does with the clients while the VIP is here)."""
+    p.add_argument("--handoff", choices=HANDOFF_MODES, default=default,
+                   help="when stopping while this node holds the VIP: redirect = drop new IKE_SA_INIT to the VIP "
+                        "here, then IKEv2-REDIRECT each client to the VIP (default); none = leave them to their DPD")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ipsec_vip import control
-from ipsec_vip.commands.common import add_vip_options, params_from
+from ipsec_vip.commands.common import add_handoff_option, add_vip_options, params_from
 from ipsec_vip.state import StateDir
 
 
@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--fallback-connections", default="", metavar="NAMES",
                        help="connections to initiate after down and terminate on up (the agent's "
                             "fallback_connections)")
+        if name == "up":  # down follows what up recorded
+            add_handoff_option(p)
         p.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole operation (default 30)")
         p.set_defaults(run=run)
 

@@ -13,7 +13,7 @@ import argparse
 import logging
 
 from ipsec_vip import control, watch, watchconf
-from ipsec_vip.commands.common import add_vip_options
+from ipsec_vip.commands.common import add_handoff_option, add_vip_options
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.selection import mobike_warnings
 from ipsec_vip.state import StateDir
@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("watch", help=text, description=text + "; runs in the foreground until SIGTERM")
     p.add_argument("name", nargs="?", help=f"read {watchconf.WATCH_DIR}/NAME.conf instead of options")
     add_vip_options(p, vip_required=False)
+    add_handoff_option(p, default=None)
     p.add_argument("--check-interval", help=f"seconds between checks that our connections are still loaded "
                                             f"(default {watchconf.DEFAULT_CHECK_INTERVAL:g}, 0 = off)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each load or unload (default 30)")
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--state-dir", default=watch.STATE_BASE,
                    help=f"base of the state directory (DIR/ipsec-vip), shared by the node's watchers "
                         f"(default {watch.STATE_BASE})")
-    p.set_defaults(run=run, config=None, connections=None, vici_socket=None, interface=None)
+    p.set_defaults(run=run, config=None, connections=None, vici_socket=None, interface=None, handoff=None)
 
 
 def run(args: argparse.Namespace) -> int:
