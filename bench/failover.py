@@ -1,5 +1,6 @@
 """Failover gaps on the two-node Pacemaker lab (tests/cluster.py): planned move (standby) and holder
-crash, first with ocf:ipsec-vip:strongswan (the README's configuration), then the DPD-only
+crash, first with ocf:ipsec-vip:strongswan (the README's configuration, whose planned moves hand
+the clients over; a stock client is measured beside the tuned one there), then the DPD-only
 baseline: the same cluster moving only the VIPs while both nodes keep the connections loaded
 (swanctl --load-all everywhere, the keepalived way). The client is never re-initiated by the
 harness; the gap is the longest silence of a 20 ms UDP probe through the tunnel."""
@@ -16,6 +17,17 @@ from bench.common import summary
 from tests import cluster, lab
 
 PSK = "bench-failover-Hk3mQ9vT2xW7zR5nB8cD4fG6"
+STOCK_IP = "192.0.2.51"
+STOCK_ROW = "planned move, stock client (handoff)"
+STOCK_PEER = """
+secrets {
+    ike-stock {
+        id-gw = vpn.example.com
+        id-client = stock@example.com
+        secret = "%(psk)s"
+    }
+}
+"""
 
 
 def _wait_conns(c: cluster.Cluster, node: str, timeout: float = 30) -> None:
@@ -55,30 +67,69 @@ def _dc(c: cluster.Cluster) -> str:
     return ""
 
 
-def _measure(c: cluster.Cluster, event: Callable[[], object], to: str) -> dict[str, Any]:
+def _measure(c: cluster.Cluster, event: Callable[[], object], to: str,
+             stock: lab.Charon | None = None) -> dict[str, Any]:
+    """One event with the lab's (tuned) client and, if given, a stock client sending through the
+    tunnel: the gaps, and when the VIP had moved (its address on ``to`` alone)."""
     dc = _dc(c)
     probe = cluster.Probe(c.work)
+    other = cluster.Probe(c.work, netns=stock.netns) if stock is not None else None
     try:
-        probe.wait_flowing(time.monotonic() - 5, timeout=20)
+        for p in (probe, other):
+            if p is not None:
+                p.wait_flowing(time.monotonic() - 5, timeout=20)
         t0 = time.monotonic()
         event()
-        c.wait_located("vpn-vip", to, timeout=60)
-        t_vip = time.monotonic() - t0
-        first = probe.wait_flowing(time.monotonic(), timeout=40)
+        t_vip = _wait_vip(c, to) - t0
+        first = probe.wait_flowing(t0 + t_vip, timeout=40)
+        out = {"vip_moved_s": round(t_vip, 3), "dc_before": dc}
+        if other is not None:
+            out["stock_back_s"] = round(other.wait_flowing(t0 + t_vip, timeout=40) - t0, 3)
         time.sleep(0.3)
-        return {"vip_moved_s": round(t_vip, 3), "traffic_back_s": round(first - t0, 3),
-                "gap_s": round(probe.gap(t0), 3), "dc_before": dc}
+        out.update(traffic_back_s=round(first - t0, 3), gap_s=round(probe.gap(t0), 3))
+        if other is not None:
+            out["stock_gap_s"] = round(other.gap(t0), 3)
+        return out
     finally:
-        probe.stop()
+        for p in (probe, other):
+            if p is not None:
+                p.stop()
 
 
-def _scenarios(c: cluster.Cluster, reps: int, conf: str, baseline: bool, log: Any) -> dict[str, list[dict[str, Any]]]:
+def _wait_vip(c: cluster.Cluster, to: str, timeout: float = 60) -> float:
+    """Monotonic time at which the VIP's address is on ``to`` and on no other live node."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if [n for n, node in c.nodes.items() if node.alive and node.has_address(lab.VIP)] == [to]:
+            return time.monotonic()
+        time.sleep(0.02)
+    raise TimeoutError(f"VIP not on {to} alone after {timeout}s")
+
+
+def _fresh(client: lab.Charon) -> None:
+    """Set-up between runs: the stock client connected with a fresh IKE_SA (a strongSwan client
+    follows at most 5 redirects in 300 s; each planned move is one)."""
+    with client.vici() as s:
+        for ike_id in [body["uniqueid"] for sa in s.list_sas() for body in sa.values()]:
+            list(s.terminate({"ike-id": ike_id, "force": "yes", "timeout": "-1"}))
+    if not lab.client_initiate(client):
+        raise RuntimeError("the stock client could not connect")
+
+
+def _scenarios(c: cluster.Cluster, reps: int, conf: str, baseline: bool, log: Any,
+               stock: lab.Charon | None = None) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {"planned move": [], "holder crash": []}
     for i in range(reps):
         h = _holder(c)
         o = next(n for n in c.nodes if n != h)
         log(f"    planned move {i + 1}/{reps}: standby {h}")
-        out["planned move"].append(_measure(c, lambda h=h: c.nodes[h].on("pcs", "node", "standby", h), o))
+        if stock is not None:
+            _fresh(stock)
+        run = _measure(c, lambda h=h: c.nodes[h].on("pcs", "node", "standby", h), o, stock)
+        out["planned move"].append(run)
+        if stock is not None:
+            out.setdefault(STOCK_ROW, []).append({"gap_s": run["stock_gap_s"], "vip_moved_s": run["vip_moved_s"],
+                                                  "traffic_back_s": run["stock_back_s"]})
         c.nodes[o].on("pcs", "node", "unstandby", h)
     for i in range(reps):
         h = _holder(c)
@@ -107,7 +158,7 @@ def run(reps: int, log: Any) -> dict[str, Any]:
     result: dict[str, Any] = {"token_ms": 1000, "reps": reps}
     try:
         conf = c.work / "swanctl.conf"
-        conf.write_text(lab.GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})
+        conf.write_text((lab.GATEWAY_CONF + STOCK_PEER) % {"vip": lab.VIP, "psk": PSK})
         conf.chmod(0o600)
         for cmd in cluster.pcs_commands(str(conf)):
             c.nodes["gw1"].on(*cmd)
@@ -118,8 +169,15 @@ def run(reps: int, log: Any) -> dict[str, Any]:
         lab.client_load(c.client, PSK)
         if not lab.client_initiate(c.client):
             raise RuntimeError("the client could not connect")
-        log("  ocf:ipsec-vip:strongswan (README configuration)")
-        ours = _scenarios(c, reps, str(conf), False, log)
+        stock = lab.add_client("stock", STOCK_IP, lab.PREFIX + "lan", c.namespaces)
+        try:
+            with stock.vici() as s:
+                s.load_shared({"id": "home-psk", "type": "IKE", "data": PSK, "owners": []})
+                s.load_conn(lab.stock_conn("stock@example.com"))
+            log("  ocf:ipsec-vip:strongswan (README configuration, handoff=redirect; a stock client too)")
+            ours = _scenarios(c, reps, str(conf), False, log, stock)
+        finally:
+            stock.stop()
         log("  DPD-only baseline: only the VIPs move, connections loaded on both nodes")
         c.any_node().on("pcs", "resource", "delete", "vpn")
         for name, node in c.nodes.items():
