@@ -219,28 +219,17 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
             states.remove(instance)
             return f"charon is not running on {uri}: nothing of ours can be loaded"
         here = vipmod.held(vip_addr)
-        handing = here and record.handoff == "redirect" and handoff.drop(record)
-        left = _unload(v, record, states.others(instance), deadline, terminate=not here, loaded=loaded)
-        if params is not None and not here:
-            fallback.left_vip(v, params.fallback_connections, deadline)
-        still = set(v.request("get-conns", timeout=deadline.left())["conns"]) & set(record.conns)
-        if still:
-            raise IpsecVipError(f"connection(s) {', '.join(sorted(still))} still loaded after unload")
-        if handing:
-            outcome = handoff.redirect(v, record, deadline)
-            handoff.spawn_sweeper(record, instance, states)
-        elif not here:
-            handoff.undrop(record.vip)  # left by an earlier handoff: the VIP has gone, so has its purpose
+        with handoff.during_stop(v, record, instance, states, here, deadline) as hand:
+            hand.sas = left = _unload(v, record, states.others(instance), deadline, terminate=not here,
+                                      loaded=loaded)
+            if params is not None and not here:
+                fallback.left_vip(v, params.fallback_connections, deadline)
+            still = set(v.request("get-conns", timeout=deadline.left())["conns"]) & set(record.conns)
+            if still:
+                raise IpsecVipError(f"connection(s) {', '.join(sorted(still))} still loaded after unload")
         states.remove(instance)
-    if handing:
-        if outcome.unsupported:
-            log.warning("%d client(s) of VIP %s did not announce REDIRECT support: left to their DPD",
-                        outcome.unsupported, record.vip)
-        return f"unloaded {len(record.conns)} connections; handoff: {outcome.summary(record.vip)}"
-    if not here and record.handoff == "redirect":
-        (log.warning if left else log.info)(
-            "VIP %s had already left this node when stop ran: no handoff possible (%d IKE_SA(s)); "
-            "order this resource's stop before the VIP's (docs/handoff.md)", record.vip, left)
+    if hand.summary:
+        return f"unloaded {len(record.conns)} connections; {hand.summary}"
     if here and left:
         return (f"unloaded {len(record.conns)} connections; VIP {record.vip} still held here, so "
                 f"{left} SA(s) are left to carry traffic until it moves (no DELETE sent)")

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from ipsec_vip import droprule
@@ -226,6 +226,41 @@ def clear_leftovers(v: Vici, record: Record, timeout: float) -> int:
             if "no matching" not in e.errmsg:
                 raise
     return len(stale)
+
+
+class StopReport:
+    """What :func:`during_stop` tells its caller: ``sas`` is set by the caller (the IKE_SAs its unload
+    left up or terminated), ``summary`` by the handoff (empty when there was none)."""
+
+    def __init__(self) -> None:
+        self.sas = 0
+        self.summary = ""
+
+
+@contextlib.contextmanager
+def during_stop(v: Vici, record: Record, instance: str, states: StateDir, here: bool,
+                deadline: Any) -> Iterator[StopReport]:
+    """The handoff's part of a primitive's stop, around its unload (the one place control.stop calls):
+    with the VIP here and handoff=redirect, the drop rule before, the REDIRECTs and the sweeper after;
+    with the VIP gone, the removal of a rule left here before and, if a handoff was wanted, the
+    note that none was possible. If the unload fails, nothing after it is done (the next start
+    removes the rule)."""
+    report = StopReport()
+    handing = here and record.handoff == "redirect" and drop(record)
+    yield report
+    if handing:
+        outcome = redirect(v, record, deadline)
+        spawn_sweeper(record, instance, states)
+        if outcome.unsupported:
+            log.warning("%d client(s) of VIP %s did not announce REDIRECT support: left to their DPD",
+                        outcome.unsupported, record.vip)
+        report.summary = f"handoff: {outcome.summary(record.vip)}"
+    elif not here:
+        undrop(record.vip)  # left by an earlier handoff: the VIP has gone, so has its purpose
+        if record.handoff == "redirect":
+            (log.warning if report.sas else log.info)(
+                "VIP %s had already left this node when stop ran: no handoff possible (%d IKE_SA(s)); "
+                "order this resource's stop before the VIP's (docs/handoff.md)", record.vip, report.sas)
 
 
 def spawn_sweeper(record: Record, instance: str, states: StateDir) -> None:
