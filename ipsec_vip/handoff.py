@@ -295,7 +295,8 @@ def sweep(record: Record, instance: str, states: StateDir, wait: float = SWEEP_W
         if states.started(instance):
             return "started here again meanwhile: nothing to sweep"
         leftover = record._replace(secrets=[])  # stop unloaded the secrets already
-        with Vici(record.vici_socket, timeout=deadline.left()) as v:
+        uri, _ = control.target(record, None)
+        with Vici(uri, timeout=deadline.left()) as v:
             n = control._unload(v, leftover, states.others(instance), deadline, terminate=True)
         undrop(record.vip)
     return f"VIP {record.vip} has left: terminated {n} IKE_SA(s) the handoff left (nothing sent), drop rule removed"

@@ -275,20 +275,21 @@ def cluster(booted) -> Iterator[nspawn.Container]:
     c.exec("systemctl", "stop", "pacemaker", "corosync", timeout=120)
 
 
-def test_readme_pcs_recipe_starts_the_group(booted, cluster):
+def test_readme_pcs_recipe_starts_the_agent_and_its_vips(booted, cluster):
     c = cluster
     c.sh(f"test -f /etc/ipsec-vip/swanctl.conf || install -D -m 600 {EXAMPLE} /etc/ipsec-vip/swanctl.conf")
     for cmd in readme.pcs_create():
         c.sh(cmd)
     try:
-        wait_for("the group started", lambda: re.search(
-            r"vpn\s+\(ocf:ipsec-vip:strongswan\):\s+Started node1.*\n.*vpn-vip\s+\(ocf:heartbeat:IPaddr2\):"
+        wait_for("the agent and its VIPs started", lambda: re.search(
+            r"vpn\s+\(ocf:ipsec-vip:strongswan\):\s+Started node1[\s\S]*vpn-vip\s+\(ocf:heartbeat:IPaddr2\):"
             r"\s+Started node1", c.exec("crm_mon", "-1").stdout), 90)
         assert booted.loaded() == {"conns": ["rw"], "pools": ["rw-pool"], "keys": ["ike-client1"]}
         assert f"inet {VIP}/24" in c.exec("ip", "-4", "addr", "show", "dev", LAN[1]).stdout
     finally:
-        c.exec("pcs", "resource", "delete", "vpn-group", "--force", check=False, timeout=120)
-    wait_for("the group is gone", lambda: "vpn" not in c.exec("crm_mon", "-1").stdout, 60)
+        c.exec("pcs", "resource", "delete", "vpn-vips", "--force", check=False, timeout=120)
+        c.exec("pcs", "resource", "delete", "vpn", "--force", check=False, timeout=120)
+    wait_for("the resources are gone", lambda: "vpn" not in c.exec("crm_mon", "-1").stdout, 60)
     assert booted.loaded() == {"conns": [], "pools": [], "keys": []}
 
 

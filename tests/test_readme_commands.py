@@ -26,7 +26,12 @@ def test_without_pacemaker_config_and_commands(tmp_path):
     assert cmds[0] == f"systemctl enable --now ipsec-vip-watch@{name}", cmds
 
 
-def test_pcs_recipe_creates_the_agent_first_in_its_group():
+def test_pcs_recipe_orders_the_agent_before_its_vips_both_ways():
+    """docs/handoff.md: the agent starts before the VIPs and stops before them (the handoff)."""
     cmds = readme.pcs_create()
     assert cmds[0].startswith("pcs resource create vpn ocf:ipsec-vip:strongswan vip=192.0.2.100 "), cmds
-    assert all(c.startswith("pcs resource create ") and c.endswith("--group vpn-group") for c in cmds), cmds
+    assert "start_without_vip=true" in cmds[0], cmds
+    for must in ("pcs constraint colocation add vpn-vips with vpn INFINITY",
+                 "pcs constraint order start vpn then start vpn-vips symmetrical=false",
+                 "pcs constraint order stop vpn then stop vpn-vips symmetrical=false"):
+        assert must in cmds, cmds
