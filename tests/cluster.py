@@ -472,7 +472,8 @@ def pcs_commands(conf: str, **params: str) -> list[list[str]]:
         ["pcs", "constraint", "colocation", "add", "vpn-vips", "with", "vpn", "INFINITY"],
         ["pcs", "constraint", "order", "start", "vpn", "then", "start", "vpn-vips", "symmetrical=false"],
         ["pcs", "constraint", "order", "stop", "vpn", "then", "stop", "vpn-vips", "symmetrical=false"],
-        ["pcs", "resource", "enable", "vpn-vip", "vpn-backvip"],
+        ["pcs", "resource", "enable", "vpn-vip"],
+        ["pcs", "resource", "enable", "vpn-backvip"],
     ]
 
 
