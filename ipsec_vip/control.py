@@ -221,7 +221,7 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
         here = vipmod.held(vip_addr)
         with handoff.during_stop(v, record, instance, states, here, deadline) as hand:
             hand.sas = left = _unload(v, record, states.others(instance), deadline, terminate=not here,
-                                      loaded=loaded)
+                                      loaded=loaded, leases_kept=hand.active)
             if params is not None and not here:
                 fallback.left_vip(v, params.fallback_connections, deadline)
             still = set(v.request("get-conns", timeout=deadline.left())["conns"]) & set(record.conns)
@@ -237,7 +237,7 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
 
 
 def _unload(v: Vici, record: Record, others: list[Record], deadline: Deadline, *, terminate: bool,
-            loaded: set[str] | None = None) -> int:
+            loaded: set[str] | None = None, leases_kept: bool = False) -> int:
     """Unload conns, then (optionally) terminate their SAs, then unused secrets and pools.
 
     Returns the number of IKE_SAs terminated (terminate) or left up (not terminate).
@@ -273,7 +273,9 @@ def _unload(v: Vici, record: Record, others: list[Record], deadline: Deadline, *
             v.request("unload-pool", {"name": pool}, timeout=deadline.left())
         except ViciCommandError as e:
             if "not found" not in e.errmsg:
-                log.warning("pool %s stays loaded: %s", pool, e.errmsg)
+                (log.info if leases_kept else log.warning)(
+                    "pool %s stays loaded: %s%s", pool, e.errmsg,
+                    " (the redirected clients' SAs: cleared once the VIP has left)" if leases_kept else "")
     return len(sa_ids)
 
 

@@ -229,12 +229,14 @@ def clear_leftovers(v: Vici, record: Record, timeout: float) -> int:
 
 
 class StopReport:
-    """What :func:`during_stop` tells its caller: ``sas`` is set by the caller (the IKE_SAs its unload
-    left up or terminated), ``summary`` by the handoff (empty when there was none)."""
+    """What :func:`during_stop` and its caller tell each other: ``active`` (a handoff is under way),
+    ``sas`` set by the caller (the IKE_SAs its unload left up or terminated), ``summary`` set by the
+    handoff (empty when there was none)."""
 
     def __init__(self) -> None:
         self.sas = 0
         self.summary = ""
+        self.active = False  # the drop rule is in place: the SAs stay for the REDIRECT
 
 
 @contextlib.contextmanager
@@ -246,9 +248,9 @@ def during_stop(v: Vici, record: Record, instance: str, states: StateDir, here: 
     note that none was possible. If the unload fails, nothing after it is done (the next start
     removes the rule)."""
     report = StopReport()
-    handing = here and record.handoff == "redirect" and drop(record)
+    report.active = here and record.handoff == "redirect" and drop(record)
     yield report
-    if handing:
+    if report.active:
         outcome = redirect(v, record, deadline)
         spawn_sweeper(record, instance, states)
         if outcome.unsupported:

@@ -129,6 +129,7 @@ def test_stop_redirects_the_stock_client_to_the_next_holder(env: Env) -> None:
     assert r.rc == 0, r.stderr
     assert "redirected 1 of 2 IKE_SA(s)" in r.stderr, r.stderr
     assert "1 client(s) did not announce REDIRECT support" in r.stderr, r.stderr
+    assert "INFO: pool rw-pool stays loaded" in r.stderr and "WARNING: pool" not in r.stderr, r.stderr  # swept later
     assert f'comment "ipsec-vip handoff {lab.VIP}"' in e.nft("gw1", "list", "table", "inet", "ipsec_vip")
     move(e, "gw1", "gw2")
     back = wait_for(lambda: any(sa["state"] == "ESTABLISHED" for sa in gw_sas(e.lab.gateways["gw2"])
