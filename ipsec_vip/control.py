@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from ipsec_vip import charon, fallback, handoff
+from ipsec_vip import charon, fallback
 from ipsec_vip import vip as vipmod
 from ipsec_vip.errors import (
     ConfigError,
@@ -86,6 +86,8 @@ def _unreachable(uri: str) -> IpsecVipError:
 
 def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
     """Load the selection into charon; returns a one-line summary. Idempotent."""
+    from ipsec_vip import handoff  # start and stop only: off the monitor's path
+
     selection = select(params)
     held = vipmod.held(params.vip, params.interface)
     if not held and not params.start_without_vip:
@@ -205,6 +207,8 @@ def target(record: Record, params: Params | None) -> tuple[str, str | None]:
 
 def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline) -> str:
     """Unload what the instance loaded; terminate its SAs once the VIP is gone."""
+    from ipsec_vip import handoff  # start and stop only: off the monitor's path
+
     record = read_record(params, instance, states)
     if record is None:
         if params is not None and not vipmod.held(params.vip, params.interface) and handoff.undrop(str(params.vip)):

@@ -26,18 +26,19 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import subprocess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ipsec_vip.errors import IpsecVipError
+from ipsec_vip.errors import CommandError, IpsecVipError
 from ipsec_vip.firewall import NFT, OWN_TABLE
-from ipsec_vip.vip import IPAddress
+from ipsec_vip.runner import Runner
+
+if TYPE_CHECKING:
+    from ipsec_vip.vip import IPAddress
 
 FAMILY, TABLE = OWN_TABLE
 CHAIN = "input"
 PRIORITY = -10  # before the usual filter chains (0), so our drop needs no help from them
 _TAG = "ipsec-vip handoff "
-_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 
 class NftUnavailable(IpsecVipError):
@@ -49,14 +50,14 @@ def installed() -> bool:
 
 
 def _run(args: list[str], stdin: str | None = None, timeout: float = 10.0) -> str:
-    """The one place that runs nft: its stdout, or NftUnavailable saying why not."""
+    """The one place that runs nft (through the project's runner): its stdout, or NftUnavailable
+    saying why not."""
     if not installed():
         raise NftUnavailable(f"{NFT} is not installed (package nftables)")
     try:
-        p = subprocess.run([NFT, *args], input=stdin, capture_output=True, text=True, timeout=timeout,
-                           env=_ENV, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise NftUnavailable(f"nft {' '.join(args)}: {e}") from None
+        p = Runner().run([NFT, *args], stdin=stdin, timeout=timeout)
+    except CommandError as e:
+        raise NftUnavailable(str(e)) from None
     if p.returncode != 0:
         raise NftUnavailable(f"nft {' '.join(args)} refused: {' '.join(p.stderr.split())[:300]}")
     return p.stdout

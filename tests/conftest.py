@@ -57,3 +57,16 @@ def gwlab() -> Iterator[lab.Lab]:
         yield lb
     finally:
         lb.destroy()
+
+
+@pytest.fixture(autouse=True)
+def _no_nft_in_the_hosts_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code run inside the test process (the host's network namespace) never changes the host's
+    nftables: a handoff's drop rule there would drop real IKE traffic. The tests that need nft run
+    the agent or the CLI inside a namespace of their own (other processes, untouched by this)."""
+    from ipsec_vip import droprule
+
+    def refuse(args: list[str], stdin: str | None = None, timeout: float = 10.0) -> str:
+        raise droprule.NftUnavailable("tests never run nft in the host's namespace")
+    monkeypatch.setattr(droprule, "_run", refuse)
+

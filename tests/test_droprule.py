@@ -11,6 +11,8 @@ from ipsec_vip.errors import ConfigError
 from ipsec_vip.params import parse
 from ipsec_vip.vip import parse_vip
 
+REAL_RUN = droprule._run  # conftest keeps nft out of the host's namespace; these tests need no nft at all
+
 
 def test_rules_match_the_measured_ones() -> None:
     assert droprule.rules_text(parse_vip("192.0.2.100")) == [
@@ -70,6 +72,7 @@ def test_add_and_remove_are_one_transaction_each(monkeypatch: pytest.MonkeyPatch
 
 def test_missing_nft_is_a_specific_error_and_nothing_to_remove(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(droprule, "NFT", "/nonexistent/nft")
+    monkeypatch.setattr(droprule, "_run", REAL_RUN)  # stops at the missing binary, before running anything
     with pytest.raises(droprule.NftUnavailable, match="not installed"):
         droprule.add(parse_vip("192.0.2.100"))
     assert droprule.remove(parse_vip("192.0.2.100")) is False
