@@ -19,9 +19,10 @@ streams as ``log`` events carrying the IKE_SA's unique id: we listen to those wh
 redirect. Such clients are left as without handoff (DPD), and counted in the log.
 
 After the handoff the old node keeps the redirected IKE_SAs (the client's DELETE goes to
-the VIP, i.e. to the next holder) and so the pool's leases. :func:`clear_leftovers` removes
-them where the VIP is not held - sending from an address this node does not have cannot
-reach anyone - and :func:`spawn_sweeper` runs it as soon as the VIP has left.
+the VIP, i.e. to the next holder) and so the pool's leases. They are terminated only where
+the VIP is not held (sending from an address this node does not have reaches no one): by a
+sweeper process (:func:`spawn_sweeper`, :func:`sweep`) as soon as the VIP has left, else by the
+next start (:func:`clear_leftovers`), which also removes the drop rule first.
 """
 
 from __future__ import annotations
