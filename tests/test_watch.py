@@ -539,6 +539,8 @@ def test_config_broken_while_running_is_retried_and_logged_once(env, watchers, t
     assert w.terminate() == 0
 
 
+@pytest.mark.charon
+@pytest.mark.slow
 def test_sigterm_on_the_holder_hands_the_client_over(gwlab, tmp_path):
     """keepalived's notify (or systemctl stop) before the VIP leaves: the daemon's stop hands the
     client over as the agent's does - drop rule, then REDIRECT to the VIP."""
