@@ -68,5 +68,6 @@ def _no_nft_in_the_hosts_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def refuse(args: list[str], stdin: str | None = None, timeout: float = 10.0) -> str:
         raise droprule.NftUnavailable("tests never run nft in the host's namespace")
+    monkeypatch.setattr(droprule, "installed", lambda: False)  # as on a host without nft
     monkeypatch.setattr(droprule, "_run", refuse)
 
