@@ -15,6 +15,7 @@ from ipsec_vip.errors import (
     OCF_DEGRADED,
     OCF_ERR_GENERIC,
     OCF_NOT_RUNNING,
+    OCF_RUNNING_PROMOTED,
     OCF_SUCCESS,
     ConfigError,
     IpsecVipError,
@@ -25,11 +26,12 @@ from ipsec_vip.errors import (
     ViciUnreachable,
 )
 from ipsec_vip.log import log
-from ipsec_vip.params import DEFAULT_CONFIG, Params, parse
+from ipsec_vip.params import DEFAULT_CONFIG, DEFAULT_HA_FIFO, Params, parse
 from ipsec_vip.state import StateDir
 from ipsec_vip.vici_session import DEFAULT_SOCKET
 
-DEFAULT_TIMEOUT = {"start": 30, "stop": 30, "monitor": 20, "validate-all": 20}
+DEFAULT_TIMEOUT = {"start": 30, "stop": 30, "monitor": 20, "validate-all": 20, "promote": 30, "demote": 30,
+                   "notify": 20}
 
 META = ocf.MetaData(
     name="strongswan",
@@ -90,12 +92,20 @@ META = ocf.MetaData(
                       "symmetrical=false). Clients that did not announce REDIRECT support are left to their "
                       "DPD and counted in the log. Without nft, as none, with a warning. "
                       "none: leave the clients to their DPD.", default="redirect"),
+        ocf.Parameter("ha_fifo", "ha plugin control FIFO",
+                      "Stateful mode only (the resource created as a promotable clone): the control FIFO of "
+                      "charon's ha plugin (charon.plugins.ha.fifo_interface = yes), through which promote and "
+                      "demote move the state-sync segment.", default=DEFAULT_HA_FIFO),
     ),
     actions=(
         ocf.Action("start", DEFAULT_TIMEOUT["start"]),
         ocf.Action("stop", DEFAULT_TIMEOUT["stop"]),
         ocf.Action("monitor", DEFAULT_TIMEOUT["monitor"], interval=10, depth=0),
         ocf.Action("monitor", DEFAULT_TIMEOUT["monitor"], interval=60, depth=10),
+        ocf.Action("monitor", DEFAULT_TIMEOUT["monitor"], interval=9, depth=0, role="Promoted"),
+        ocf.Action("promote", DEFAULT_TIMEOUT["promote"]),
+        ocf.Action("demote", DEFAULT_TIMEOUT["demote"]),
+        ocf.Action("notify", DEFAULT_TIMEOUT["notify"]),
         ocf.Action("validate-all", DEFAULT_TIMEOUT["validate-all"]),
         ocf.Action("meta-data", 5),
     ),
@@ -118,7 +128,14 @@ def start(env: ocf.Env) -> int:
     params = _params(env)
     for warning in mobike_warnings(control.select(params)):
         log.warning("%s", warning)
-    log.info("%s", control.start(params, env.instance, StateDir(), _deadline(env)))
+    if env.promotable:
+        from ipsec_vip import hasync
+
+        states = StateDir()
+        log.info("%s", hasync.start(params, env.instance, states, _deadline(env)))
+        _score(env, states, hasync.SCORE_EMPTY)
+    else:
+        log.info("%s", control.start(params, env.instance, StateDir(), _deadline(env)))
     return OCF_SUCCESS
 
 
@@ -128,11 +145,78 @@ def stop(env: ocf.Env) -> int:
     except ConfigError as e:
         log.warning("stop with invalid parameters (%s): using the recorded state", e)
         params = None
-    log.info("%s", control.stop(params, env.instance, StateDir(), _deadline(env)))
+    if env.promotable:
+        from ipsec_vip import hasync
+
+        log.info("%s", hasync.stop(params, env.instance, StateDir(), _deadline(env)))
+        if _in_cluster(env):
+            hasync.set_score(None)
+    else:
+        log.info("%s", control.stop(params, env.instance, StateDir(), _deadline(env)))
     return OCF_SUCCESS
 
 
+def promote(env: ocf.Env) -> int:
+    from ipsec_vip import hasync
+
+    _need_promotable(env)
+    states = StateDir()
+    log.info("%s", hasync.promote(_params(env), env.instance, states, _deadline(env)))
+    _score(env, states, hasync.SCORE_PROMOTED)
+    return OCF_SUCCESS
+
+
+def demote(env: ocf.Env) -> int:
+    from ipsec_vip import hasync
+
+    _need_promotable(env)
+    try:
+        params: Params | None = _params(env)
+    except ConfigError as e:
+        log.warning("demote with invalid parameters (%s): using the recorded state", e)
+        params = None
+    states = StateDir()
+    log.info("%s", hasync.demote(params, env.instance, states, _deadline(env)))
+    _score(env, states, hasync.SCORE_IN_SYNC)
+    return OCF_SUCCESS
+
+
+def notify(env: ocf.Env) -> int:
+    """Post-start: the promoted instance resends its state to a peer that just started."""
+    from ipsec_vip import hasync
+
+    if not env.promotable or (env.meta.get("notify_type"), env.meta.get("notify_operation")) != ("post", "start"):
+        return OCF_SUCCESS
+    me = env.meta.get("on_node", "")
+    started = [n for n in env.meta.get("notify_start_uname", "").split() if n != me]
+    if started:
+        log.info("%s", hasync.resync_peer(_params(env), env.instance, StateDir(), _deadline(env)))
+    return OCF_SUCCESS
+
+
+def _need_promotable(env: ocf.Env) -> None:
+    if not env.promotable:
+        raise ConfigError(f"{env.action} needs the resource to be a promotable clone (stateful mode)")
+
+
+def _in_cluster(env: ocf.Env) -> bool:
+    """Run by Pacemaker (which names the node): only then is there a promotion score to set."""
+    return bool(env.meta.get("on_node"))
+
+
+def _score(env: ocf.Env, states: StateDir, score: int) -> None:
+    """Set the promotion score if it changed (crm_attribute costs a fork and a CIB round trip)."""
+    from ipsec_vip import hasync
+
+    if not _in_cluster(env) or states.mark(env.instance, hasync.SCORE) == str(score):
+        return
+    hasync.set_score(score)
+    states.set_mark(env.instance, hasync.SCORE, str(score))
+
+
 def monitor(env: ocf.Env) -> int:
+    if env.promotable:
+        return _monitor_stateful(env)
     try:
         params = _params(env)
     except ConfigError:
@@ -164,6 +248,43 @@ def monitor(env: ocf.Env) -> int:
         ocf.exit_reason("; ".join(health.degraded), os.environ)
         return OCF_DEGRADED
     return OCF_SUCCESS
+
+
+def _monitor_stateful(env: ocf.Env) -> int:
+    """7 not started, 0 unpromoted and healthy, 8 promoted and healthy, 1/9 broken; sets the
+    promotion score so a standby without synced state never beats one in sync."""
+    from ipsec_vip import hasync
+
+    try:
+        params = _params(env)
+    except ConfigError:
+        if env.is_probe:
+            return OCF_NOT_RUNNING
+        raise
+    states = StateDir()
+    deadline = _deadline(env)
+    try:
+        if not states.started(env.instance):
+            return OCF_NOT_RUNNING
+        with states.lock(deadline.left(), shared=True):
+            record = control.read_record(params, env.instance, states)
+            if record is None:
+                return OCF_NOT_RUNNING
+            status = hasync.check(params, env.instance, record, states, env.check_level, deadline)
+    except (ViciError, StateError) as e:
+        if env.is_probe:
+            log.warning("probe: %s", e)
+            return OCF_NOT_RUNNING
+        raise
+    health = status.health
+    if not health.running or health.problems:
+        if env.is_probe and not health.running:
+            return OCF_NOT_RUNNING
+        raise IpsecVipError("; ".join(health.problems) or "not running")
+    _score(env, states, hasync.score_for(status.promoted, status.sync))
+    if health.degraded:
+        ocf.exit_reason("; ".join(health.degraded), os.environ)
+    return OCF_RUNNING_PROMOTED if status.promoted else OCF_SUCCESS
 
 
 def validate(env: ocf.Env) -> int:
@@ -203,6 +324,9 @@ HANDLERS: Mapping[str, ocf.Handler] = {
     "stop": stop,
     "monitor": monitor,
     "validate-all": validate,
+    "promote": promote,
+    "demote": demote,
+    "notify": notify,
 }
 
 

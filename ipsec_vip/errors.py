@@ -12,6 +12,8 @@ OCF_ERR_PERM = 4
 OCF_ERR_INSTALLED = 5
 OCF_ERR_CONFIGURED = 6
 OCF_NOT_RUNNING = 7
+OCF_RUNNING_PROMOTED = 8
+OCF_FAILED_PROMOTED = 9
 OCF_DEGRADED = 190
 
 
@@ -54,6 +56,12 @@ class ViciCommandError(ViciError):
         super().__init__(f"charon refused {command}: {errmsg}")
         self.command = command
         self.errmsg = errmsg
+
+
+class FailedPromoted(IpsecVipError):
+    """A promoted instance (stateful mode) that no longer does its job here."""
+
+    ocf_code = OCF_FAILED_PROMOTED
 
 
 class StateError(IpsecVipError):

@@ -47,6 +47,7 @@ class Env(NamedTuple):
     interval_ms: int
     timeout_ms: int | None
     check_level: int
+    meta: Mapping[str, str] = {}
 
     @property
     def is_probe(self) -> bool:
@@ -64,7 +65,16 @@ class Env(NamedTuple):
             interval_ms=_int(environ.get("OCF_RESKEY_CRM_meta_interval"), 0),
             timeout_ms=_int(environ.get("OCF_RESKEY_CRM_meta_timeout"), 0) or None,
             check_level=_int(environ.get("OCF_CHECK_LEVEL"), 0),
+            meta={k[len("OCF_RESKEY_CRM_meta_"):]: v for k, v in environ.items()
+                  if k.startswith("OCF_RESKEY_CRM_meta_")},
         )
+
+    @property
+    def promotable(self) -> bool:
+        """Run as a promotable clone: stateful mode. Pacemaker hands the clone's meta attributes
+        to each instance's actions (``promotable``, and ``promoted_max``/``master_max``)."""
+        return _true(self.meta.get("promotable")) or any(
+            self.meta.get(k) for k in ("promoted_max", "master_max"))
 
 
 def _int(text: str | None, default: int) -> int:
@@ -155,6 +165,7 @@ class Action(NamedTuple):
     timeout: int
     interval: int | None = None
     depth: int | None = None
+    role: str | None = None
 
 
 class MetaData(NamedTuple):
@@ -185,6 +196,8 @@ class MetaData(NamedTuple):
                 attrs += f' interval="{a.interval}s"'
             if a.depth is not None:
                 attrs += f' depth="{a.depth}"'
+            if a.role is not None:
+                attrs += f' role="{a.role}"'
             out.append(f"<action{attrs}/>")
         out += ["</actions>", "</resource-agent>", ""]
         return "\n".join(out)

@@ -19,6 +19,7 @@ else:
     from ipsec_vip.tuples import NamedTuple
 
 DEFAULT_CONFIG = "/etc/ipsec-vip/swanctl.conf"
+DEFAULT_HA_FIFO = "/var/run/charon.ha"
 _BAD_NAME = re.compile(r'[#{}:.="\s]')
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 HANDOFF_MODES = ("redirect", "none")  # the first is the default
@@ -35,6 +36,7 @@ class Params(NamedTuple):
     start_without_vip: bool = False
     fallback_connections: tuple[str, ...] = ()
     handoff: str = "redirect"
+    ha_fifo: str = DEFAULT_HA_FIFO
 
 
 def split_names(text: str, what: str = "connections") -> tuple[str, ...]:
@@ -71,11 +73,14 @@ def parse(values: Mapping[str, str]) -> Params:
     handoff = values.get("handoff", "").strip().lower() or HANDOFF_MODES[0]
     if handoff not in HANDOFF_MODES:
         raise ConfigError(f"handoff must be {' or '.join(HANDOFF_MODES)}, not {handoff!r}")
+    ha_fifo = values.get("ha_fifo", "").strip() or DEFAULT_HA_FIFO
+    if not ha_fifo.startswith("/"):
+        raise ConfigError(f"ha_fifo {ha_fifo!r} must be an absolute path")
     return Params(vip=vip, config=config, connections=split_names(values.get("connections", "")),
                   vici_socket=uri, interface=interface,
                   start_without_vip=_boolean("start_without_vip", values.get("start_without_vip", "")),
                   fallback_connections=split_names(values.get("fallback_connections", ""), "fallback_connections"),
-                  handoff=handoff)
+                  handoff=handoff, ha_fifo=ha_fifo)
 
 
 def _boolean(name: str, text: str) -> bool:

@@ -148,6 +148,37 @@ class StateDir:
                 os.unlink(tmp)
             raise StateError(f"cannot write state file {final}: {e.strerror}") from None
 
+    def mark(self, instance: str, name: str) -> str | None:
+        """The content of the instance's small side file ``name`` (e.g. a role), or None."""
+        path = self._file(instance, "." + name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StateError(f"cannot read {path}: {e.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            return f.read(4096).decode("utf-8", "replace")
+
+    def set_mark(self, instance: str, name: str, value: str | None) -> None:
+        """Write (or with None remove) the side file ``name``; directory checks as for records."""
+        path = self._file(instance, "." + name)
+        if value is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        self.ensure()
+        tmp = path + f".{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(value)
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StateError(f"cannot write {path}: {e.strerror}") from None
+
     def remove(self, instance: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._file(instance, ".json"))

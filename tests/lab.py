@@ -109,6 +109,7 @@ class Charon:
     base: Path
     extra: str = ""
     own_netns: bool = False
+    load: str = PLUGINS
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -120,19 +121,24 @@ class Charon:
         return "unix://" + self.vici_path
 
     @property
+    def ha_fifo(self) -> str:
+        """The ha plugin's control FIFO (/var/run/charon.ha inside the charon's private /run)."""
+        return str(self.base / "run" / "charon.ha")
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
     @classmethod
-    def start(cls, name: str, netns: str | None = None, extra: str = "") -> Charon:
-        """Start a charon; in a fresh namespace unless ``netns`` is given."""
+    def start(cls, name: str, netns: str | None = None, extra: str = "", load: str = PLUGINS) -> Charon:
+        """Start a charon; in a fresh namespace unless ``netns`` is given; ``load``: its plugins."""
         own = netns is None
         ns = add_netns(name) if netns is None else netns
         base = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{name}-"))
         os.chmod(base, 0o755)
         (base / "run").mkdir()
-        c = cls(name=name, netns=ns, base=base, extra=extra, own_netns=own)
+        c = cls(name=name, netns=ns, base=base, extra=extra, own_netns=own, load=load)
         c._write_conf()
         c.launch()
         return c
@@ -140,7 +146,7 @@ class Charon:
     def _write_conf(self) -> None:
         (self.base / "strongswan.conf").write_text(
             "charon {\n"
-            f"  load = {PLUGINS}\n"
+            f"  load = {self.load}\n"
             "  plugins {\n    vici { socket = unix:///run/charon.vici }\n  }\n"
             f"{self.extra}\n"
             "  filelog {\n    stderr {\n      time_format = %H:%M:%S\n      default = 1\n"
@@ -297,11 +303,14 @@ class Lab:
     namespaces: list[str] = field(default_factory=list)
 
     @classmethod
-    def build(cls, gateways: tuple[str, ...] = ("gw1",)) -> Lab:
+    def build(cls, gateways: tuple[str, ...] = ("gw1",), ha: bool = False, client_extra: str = CLIENT_RETRANSMIT,
+              ) -> Lab:
+        """``ha``: the gateways run strongSwan's ha plugin, syncing over the back network
+        (:func:`ha_settings`); ``client_extra``: the client's charon settings ("" = stock)."""
         clean_leftovers()
         lab = cls()
         try:
-            lab._build(gateways)
+            lab._build(gateways, ha, client_extra)
         except BaseException:
             lab.destroy()
             raise
@@ -310,7 +319,7 @@ class Lab:
     def ns(self, short: str) -> str:
         return PREFIX + short
 
-    def _build(self, gateways: tuple[str, ...]) -> None:
+    def _build(self, gateways: tuple[str, ...], ha: bool = False, client_extra: str = CLIENT_RETRANSMIT) -> None:
         for short in ("lan", "client", "srv", *gateways):
             self.namespaces.append(add_netns(short))
         lan = self.ns("lan")
@@ -336,8 +345,13 @@ class Lab:
         plug("srv", "eth1", "brb", SERVER_IP + "/24")
         run(IP, "-n", self.ns("srv"), "route", "add", POOL, "via", BACK_VIP)
         for gw in gateways:
-            self.gateways[gw] = Charon.start(gw, netns=self.ns(gw))
-        self.client = Charon.start("client", netns=self.ns("client"), extra=CLIENT_RETRANSMIT)
+            if ha:
+                peer = next(g for g in GW_BACK if g != gw)
+                self.gateways[gw] = Charon.start(gw, netns=self.ns(gw), load=PLUGINS + " ha",
+                                                 extra=ha_settings(GW_BACK[gw], GW_BACK[peer]))
+            else:
+                self.gateways[gw] = Charon.start(gw, netns=self.ns(gw))
+        self.client = Charon.start("client", netns=self.ns("client"), extra=client_extra)
 
     def add_vip(self, gw: str, vip: str = VIP, dev: str = "eth0", prefix: int = 24) -> None:
         """What IPaddr2 does: the VIP and the backend VIP, then gratuitous ARP."""
@@ -385,6 +399,28 @@ def stock_conn(identity: str, vip: str = VIP) -> dict[str, Any]:
                      "children": {"home": {"remote_ts": ["198.51.100.0/24"]}}}}
 
 
+def ha_settings(local: str, remote: str, secret: str = "") -> str:
+    """strongswan.conf ``charon.plugins.ha`` for a Pacemaker-driven pair (docs/stateful.md)."""
+    key = f"      secret = {secret}\n" if secret else ""
+    return ("  plugins {\n    ha {\n"
+            f"      local = {local}\n      remote = {remote}\n{key}"
+            "      segment_count = 1\n      monitor = no\n      fifo_interface = yes\n      resync = no\n"
+            "    }\n  }\n")
+
+
+def stock_client_conn(vip: str = VIP, identity: str = "client1@example.com",
+                      server_id: str = "vpn.example.com") -> dict[str, Any]:
+    """A road-warrior client as fleets run them: strongSwan's defaults (no DPD, close_action none)."""
+    return {
+        "home": {
+            "version": "2", "remote_addrs": [vip], "vips": ["0.0.0.0"],
+            "local": {"auth": "psk", "id": identity},
+            "remote": {"auth": "psk", "id": server_id},
+            "children": {"home": {"remote_ts": ["198.51.100.0/24"]}},
+        }
+    }
+
+
 def client_conn(vip: str = VIP, identity: str = "client1@example.com",
                 server_id: str = "vpn.example.com") -> dict[str, Any]:
     """A road-warrior client with the settings the README recommends."""
@@ -399,10 +435,10 @@ def client_conn(vip: str = VIP, identity: str = "client1@example.com",
     }
 
 
-def client_load(client: Charon, psk: str, **kw: Any) -> None:
+def client_load(client: Charon, psk: str, stock: bool = False, **kw: Any) -> None:
     with client.vici() as s:
         s.load_shared({"id": "home-psk", "type": "IKE", "data": psk, "owners": []})
-        s.load_conn(client_conn(**kw))
+        s.load_conn(stock_client_conn(**kw) if stock else client_conn(**kw))
 
 
 def client_initiate(client: Charon, timeout_ms: int = 5000) -> bool:

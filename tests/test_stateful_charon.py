@@ -1,0 +1,145 @@
+"""Stateful mode against two real charons with the ha plugin (sync over the back network)
+and a stock road-warrior client (no DPD, close_action none): the agent's start, promote,
+demote, stop and notify move the segment, and the client keeps its IKE_SA (same SPIs)
+with traffic both ways, without ever being re-initiated."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests import lab
+
+pytestmark = [pytest.mark.root, pytest.mark.charon, pytest.mark.slow]
+
+PSK = "stateful-psk-Qm4vK8nR2tW6yZ1xB5cD9fG3hJ7"
+PROMOTABLE = {"OCF_RESKEY_CRM_meta_promotable": "true"}
+
+
+@pytest.fixture(scope="module")
+def halab(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    from tests.conftest import _need_root
+
+    _need_root()
+    d = tmp_path_factory.mktemp("stateful")
+    conf = d / "swanctl.conf"
+    conf.write_text(lab.GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})
+    conf.chmod(0o600)
+    lb = lab.Lab.build(("gw1", "gw2"), ha=True, client_extra="")
+    try:
+        yield {"lab": lb, "conf": conf, "rsctmp": {gw: str(d / f"rsctmp-{gw}") for gw in ("gw1", "gw2")}}
+    finally:
+        lb.destroy()
+
+
+def act(env: dict[str, Any], gw: str, action: str, interval: str = "10000", **extra: str) -> lab.Result:
+    charon = env["lab"].gateways[gw]
+    params = {"vip": lab.VIP, "config": str(env["conf"]), "vici_socket": charon.uri, "ha_fifo": charon.ha_fifo}
+    return lab.agent(action, params, netns=env["lab"].ns(gw), rsctmp=env["rsctmp"][gw],
+                     OCF_RESKEY_CRM_meta_interval=interval, **PROMOTABLE, **extra)
+
+
+def ok(r: lab.Result) -> lab.Result:
+    assert r.rc == 0, r.stderr
+    return r
+
+
+def client_ike(lb: lab.Lab) -> list[dict[str, Any]]:
+    assert lb.client is not None
+    return [s for s in lb.client.sas() if s["name"] == "home"]
+
+
+def gw_state(lb: lab.Lab, gw: str) -> list[tuple[str, list[str]]]:
+    """(IKE state, [child states]) of each rw IKE_SA on ``gw``."""
+    return [(s["state"], [c["state"] for c in (s.get("child-sas") or {}).values()])
+            for s in lb.gateways[gw].sas() if s["name"] == "rw"]
+
+
+def wait(cond, what: str, timeout: float = 15) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def traffic(lb: lab.Lab) -> bool:
+    """Client -> server -> client through the tunnel, enough packets to move ESP sequence numbers."""
+    p = lab.in_ns(lb.ns("client"), "ping", "-c", "30", "-i", "0.01", "-W", "1", lab.SERVER_IP, check=False)
+    return p.returncode == 0 and " 0% packet loss" in p.stdout
+
+
+def flows(lb: lab.Lab, timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if lb.ping_server(count=1):
+            return
+    raise AssertionError("no traffic through the tunnel")
+
+
+def move(env: dict[str, Any], old: str, new: str) -> None:
+    """What Pacemaker does on a standby of ``old`` (crm_simulate): demote, VIP stop, VIP start,
+    stop, promote."""
+    lb: lab.Lab = env["lab"]
+    ok(act(env, old, "demote"))
+    assert all(state == "PASSIVE" for state, _ in gw_state(lb, old)), gw_state(lb, old)
+    lb.del_vip(old)
+    lb.add_vip(new)
+    ok(act(env, old, "stop"))
+    assert lb.gateways[old].conns() == [] and gw_state(lb, old) == []
+    ok(act(env, new, "promote"))
+
+
+def rejoin(env: dict[str, Any], node: str, active: str) -> None:
+    """The node's instance starts again; the active node's post-start notification resyncs it."""
+    lb: lab.Lab = env["lab"]
+    ok(act(env, node, "start"))
+    notify = {"OCF_RESKEY_CRM_meta_notify_type": "post", "OCF_RESKEY_CRM_meta_notify_operation": "start",
+              "OCF_RESKEY_CRM_meta_notify_start_uname": node}
+    ok(act(env, node, "notify", OCF_RESKEY_CRM_meta_on_node=node, **notify))  # not promoted: nothing
+    ok(act(env, active, "notify", OCF_RESKEY_CRM_meta_on_node=active, **notify))
+    wait(lambda: gw_state(lb, node) == [("PASSIVE", ["INSTALLED"])], f"one synced copy on {node}")
+
+
+def test_start_promote_move_and_back(halab):
+    env, lb = halab, halab["lab"]
+    assert lb.client is not None
+    for gw in ("gw1", "gw2"):
+        assert act(env, gw, "monitor", interval="0").rc == 7
+    lb.add_vip("gw1")
+    r = act(env, "gw2", "promote")  # not started there, and no VIP: refused, nothing changed
+    assert r.rc == 1 and "does not hold VIP" in r.reasons[-1]
+    for gw in ("gw1", "gw2"):
+        ok(act(env, gw, "start"))
+        assert lb.gateways[gw].conns() == ["rw"]
+        assert act(env, gw, "monitor").rc == 0
+    r = act(env, "gw2", "promote")
+    assert r.rc == 1 and "nothing changed" in r.reasons[-1]
+    assert act(env, "gw2", "monitor").rc == 0
+    ok(act(env, "gw1", "promote"))
+    assert act(env, "gw1", "monitor").rc == 8
+
+    lab.client_load(lb.client, PSK, stock=True)
+    assert lab.client_initiate(lb.client)
+    first = client_ike(lb)
+    assert len(first) == 1
+    spis = (first[0]["initiator-spi"], first[0]["responder-spi"])
+    assert traffic(lb)
+    wait(lambda: gw_state(lb, "gw2") == [("PASSIVE", ["INSTALLED"])], "the synced copy on gw2")
+
+    for old, new in (("gw1", "gw2"), ("gw2", "gw1")):
+        assert traffic(lb)  # the old node's ESP sequence numbers run ahead of the new node's
+        move(env, old, new)
+        flows(lb)
+        assert traffic(lb), f"after the move to {new}: {gw_state(lb, new)}"
+        now = client_ike(lb)
+        assert [(s["initiator-spi"], s["responder-spi"]) for s in now] == [spis], "the client lost its IKE_SA"
+        assert act(env, new, "monitor").rc == 8
+        assert act(env, old, "monitor").rc == 7
+        rejoin(env, old, active=new)
+        assert act(env, old, "monitor").rc == 0
+        wait(lambda n=new: gw_state(lb, n) == [("ESTABLISHED", ["INSTALLED"])], f"one SA on {new}")
