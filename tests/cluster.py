@@ -114,6 +114,12 @@ GATEWAY_STRONGSWAN = """charon {
 """
 
 
+def gateway_strongswan_ha(name: str, peer: str) -> str:
+    """GATEWAY_STRONGSWAN with the ha plugin syncing over the back network (docs/stateful.md)."""
+    ha = lab.ha_section(NODE_IPS[name][1], NODE_IPS[peer][1])
+    return GATEWAY_STRONGSWAN.replace(" vici\n", " vici ha\n", 1).replace("  plugins {\n", "  plugins {\n" + ha, 1)
+
+
 def seed_cib(path: Path) -> None:
     """An empty CIB with a short DC election and no fencing (a lab without STONITH)."""
     xml = subprocess.run(["cibadmin", "--empty"], capture_output=True, text=True, check=True).stdout
@@ -217,14 +223,18 @@ class Cluster:
     namespaces: list[str] = field(default_factory=list)
     client: lab.Charon | None = None
     echo: subprocess.Popen[bytes] | None = None
+    ha: bool = False
+    stock: lab.Charon | None = None  # a second client with strongSwan's defaults (ha clusters)
 
     @classmethod
     def build(cls, names: tuple[str, ...] = ("gw1", "gw2"), token_ms: int = 1000,
-              client_extra: str = lab.CLIENT_RETRANSMIT) -> Cluster:
+              client_extra: str = lab.CLIENT_RETRANSMIT, ha: bool = False) -> Cluster:
+        """``ha``: stateful mode's lab: charon with the ha plugin (sync over the back network)
+        on both gateways, and a second, stock client (:data:`STOCK_IP`) beside the tuned one."""
         lab.clean_leftovers()
         work = Path(tempfile.mkdtemp(prefix=f"{lab.PREFIX}cluster-"))
         os.chmod(work, 0o755)
-        c = cls(names=list(names), work=work)
+        c = cls(names=list(names), work=work, ha=ha)
         try:
             c._build(token_ms, client_extra)
         except BaseException:
@@ -247,8 +257,12 @@ class Cluster:
         for br in ("brf", "brb"):
             lab.run(lab.IP, "-n", lan, "link", "add", br, "type", "bridge", "forward_delay", "0")
             lab.run(lab.IP, "-n", lan, "link", "set", br, "up")
-        for ns, ifname, br, addr, port in ((lab.PREFIX + "client", "eth0", "brf", lab.CLIENT_IP, "pc"),
-                                           (lab.PREFIX + "srv", "eth1", "brb", lab.SERVER_IP, "ps")):
+        links = [(lab.PREFIX + "client", "eth0", "brf", lab.CLIENT_IP, "pc"),
+                 (lab.PREFIX + "srv", "eth1", "brb", lab.SERVER_IP, "ps")]
+        if self.ha:
+            self.namespaces.append(lab.add_netns("stock"))
+            links.append((lab.PREFIX + "stock", "eth0", "brf", STOCK_IP, "pk"))
+        for ns, ifname, br, addr, port in links:
             lab.run(lab.IP, "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", port, "netns", lan)
             lab.run(lab.IP, "-n", lan, "link", "set", port, "master", br, "up")
             lab.run(lab.IP, "-n", ns, "addr", "add", addr + "/24", "dev", ifname)
@@ -257,6 +271,8 @@ class Cluster:
         for name in self.names:
             self.start_node(name)
         self.client = lab.Charon.start("client", netns=lab.PREFIX + "client", extra=client_extra)
+        if self.ha:
+            self.stock = lab.Charon.start("stock", netns=lab.PREFIX + "stock")
         self.echo = subprocess.Popen([lab.IP, "netns", "exec", lab.PREFIX + "srv", sys.executable, "-c", ECHO],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_ready()
@@ -270,7 +286,8 @@ class Cluster:
         (nd / "log" / "pacemaker").chmod(0o770)
         (nd / "ip").write_text(NODE_IPS[name][0])
         (nd / "backip").write_text(NODE_IPS[name][1])
-        (nd / "strongswan.conf").write_text(GATEWAY_STRONGSWAN)
+        peer = next((n for n in self.names if n != name), name)
+        (nd / "strongswan.conf").write_text(gateway_strongswan_ha(name, peer) if self.ha else GATEWAY_STRONGSWAN)
         with contextlib.suppress(FileNotFoundError):
             (nd / "no-charon-restart").unlink()
         out = open(nd / "node.out", "ab")  # handed to the child
@@ -291,8 +308,11 @@ class Cluster:
         idx = self.names.index(name) + 1
         for ifname, br in (("eth0", "brf"), ("eth1", "brb")):
             port = f"g{idx}{ifname[-1]}{os.getpid() % 10000}"[:15]
-            lab.run(lab.IP, "link", "add", "name", ifname, "netns", str(node.init), "type", "veth", "peer", "name",
-                    port, "netns", lan)
+            # a fixed MAC per node and link, as a rebooted machine keeps its NIC's: with a new one
+            # the peer's ARP entry would send the first seconds of sync traffic into the void
+            mac = f"02:00:5e:00:{idx:02x}:{int(ifname[-1]):02x}"
+            lab.run(lab.IP, "link", "add", "name", ifname, "address", mac, "netns", str(node.init), "type", "veth",
+                    "peer", "name", port, "netns", lan)
             lab.run(lab.IP, "-n", lan, "link", "set", port, "master", br, "up")
         self.nodes[name] = node
         return node
@@ -338,6 +358,32 @@ class Cluster:
             time.sleep(0.05)
         raise TimeoutError(f"{rsc} not running after {timeout}s")
 
+    def roles(self, clone: str) -> dict[str, str]:
+        """Node -> role (Promoted, Unpromoted, Started...) of each active instance of ``clone``."""
+        xml = self.any_node().on("crm_mon", "-1", "--output-as=xml", check=False).stdout
+        try:
+            root = ET.fromstring(xml)
+        except ET.ParseError:
+            return {}
+        out = {}
+        for c in root.iter("clone"):
+            if c.get("id") == clone:
+                for r in c.iter("resource"):
+                    for n in r.iter("node"):
+                        if r.get("active") == "true" and r.get("failed") != "true":
+                            out[str(n.get("name"))] = str(r.get("role"))
+        return out
+
+    def wait_promoted(self, clone: str, node: str, timeout: float = 60) -> float:
+        """Seconds until ``node``'s instance of ``clone`` is the one promoted."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            roles = self.roles(clone)
+            if roles.get(node) == "Promoted" and list(roles.values()).count("Promoted") == 1:
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        raise TimeoutError(f"{clone} not promoted on {node} after {timeout}s: {self.roles(clone)}")
+
     def failed_actions(self) -> list[str]:
         """(resource, node, task) of each failed action crm_mon reports."""
         xml = self.any_node().on("crm_mon", "-1", "--output-as=xml", check=False).stdout
@@ -368,14 +414,17 @@ class Cluster:
         if self.echo is not None:
             self.echo.kill()
             self.echo.wait()
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                self.client.stop()
+        for client in (self.client, self.stock):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.stop()
         for ns in reversed(self.namespaces):
             lab.remove_netns(ns)
         if os.environ.get("IPSEC_VIP_KEEP_LAB") != "1":
             shutil.rmtree(self.work, ignore_errors=True)
 
+
+STOCK_IP = "192.0.2.51"
 
 # A UDP echo server on the server (port 7), for the gap probe.
 ECHO = """
@@ -503,3 +552,47 @@ def pcs_group_commands(conf: str) -> list[list[str]]:
         ["pcs", "resource", "create", "vpn-backvip", "ocf:heartbeat:IPaddr2", f"ip={lab.BACK_VIP}",
          "cidr_netmask=24", "nic=eth1", "op", "monitor", "interval=2s", "--group", "vpn-group"],
     ]
+
+
+# --------------------------------------------------------------------------- stateful mode
+def pcs_stateful_commands(conf: str, cib: str) -> list[list[str]]:
+    """docs/stateful.md's pcs recipe: the agent as a promotable clone with notifications, the
+    VIP placed with the Promoted instance, started before the promote and stopped after the
+    demote (the rekeys need it as their source address). The lab's back VIP (the server's
+    route) only follows the Promoted instance: ordered too, it would start in series with the
+    VIP and hold the promote back (0.2 s more silence). Built in a CIB file ``cib`` and pushed
+    at once: created one by one, the clone would be promoted before the VIP and its
+    constraints exist (promote refuses without the VIP)."""
+    f = ["pcs", "-f", cib]
+    return [
+        ["pcs", "cluster", "cib", cib],
+        [*f, "resource", "create", "vpn", "ocf:ipsec-vip:strongswan", f"vip={lab.VIP}", f"config={conf}",
+         "op", "monitor", "interval=2s", "role=Unpromoted", "timeout=20s",
+         "op", "monitor", "interval=3s", "role=Promoted", "timeout=20s",
+         "promotable", "notify=true"],
+        [*f, "resource", "create", "vpn-vip", "ocf:heartbeat:IPaddr2", f"ip={lab.VIP}", "cidr_netmask=24",
+         "nic=eth0", "op", "monitor", "interval=2s"],
+        [*f, "constraint", "colocation", "add", "vpn-vip", "with", "Promoted", "vpn-clone", "INFINITY"],
+        [*f, "constraint", "order", "start", "vpn-vip", "then", "promote", "vpn-clone"],
+        [*f, "resource", "create", "vpn-backvip", "ocf:heartbeat:IPaddr2", f"ip={lab.BACK_VIP}",
+         "cidr_netmask=24", "nic=eth1", "op", "monitor", "interval=2s"],
+        [*f, "constraint", "colocation", "add", "vpn-backvip", "with", "Promoted", "vpn-clone", "INFINITY"],
+        ["pcs", "cluster", "cib-push", cib, "--config"],
+    ]
+
+
+def crm_stateful_configure(conf: str) -> str:
+    """docs/stateful.md's crm recipe (the same cluster as :func:`pcs_stateful_commands`)."""
+    return f"""primitive vpn ocf:ipsec-vip:strongswan \\
+    params vip={lab.VIP} config={conf} \\
+    op monitor interval=2s role=Unpromoted timeout=20s \\
+    op monitor interval=3s role=Promoted timeout=20s
+clone vpn-clone vpn meta promotable=true notify=true
+primitive vpn-vip ocf:heartbeat:IPaddr2 params ip={lab.VIP} cidr_netmask=24 nic=eth0 op monitor interval=2s
+primitive vpn-backvip ocf:heartbeat:IPaddr2 params ip={lab.BACK_VIP} cidr_netmask=24 nic=eth1 \\
+    op monitor interval=2s
+colocation vpn-vip-with-promoted inf: vpn-vip vpn-clone:Promoted
+order vpn-vip-before-promote Mandatory: vpn-vip:start vpn-clone:promote
+colocation vpn-backvip-with-promoted inf: vpn-backvip vpn-clone:Promoted
+commit
+"""

@@ -399,13 +399,18 @@ def stock_conn(identity: str, vip: str = VIP) -> dict[str, Any]:
                      "children": {"home": {"remote_ts": ["198.51.100.0/24"]}}}}
 
 
-def ha_settings(local: str, remote: str, secret: str = "") -> str:
+def ha_section(local: str, remote: str, secret: str = "") -> str:
     """strongswan.conf ``charon.plugins.ha`` for a Pacemaker-driven pair (docs/stateful.md)."""
     key = f"      secret = {secret}\n" if secret else ""
-    return ("  plugins {\n    ha {\n"
+    return ("    ha {\n"
             f"      local = {local}\n      remote = {remote}\n{key}"
             "      segment_count = 1\n      monitor = no\n      fifo_interface = yes\n      resync = no\n"
-            "    }\n  }\n")
+            "    }\n")
+
+
+def ha_settings(local: str, remote: str, secret: str = "") -> str:
+    """:func:`ha_section` inside its ``plugins`` section (for :class:`Charon`'s ``extra``)."""
+    return "  plugins {\n" + ha_section(local, remote, secret) + "  }\n"
 
 
 def stock_client_conn(vip: str = VIP, identity: str = "client1@example.com",
