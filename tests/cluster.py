@@ -559,8 +559,9 @@ def pcs_stateful_commands(conf: str, cib: str) -> list[list[str]]:
     """docs/stateful.md's pcs recipe: the agent as a promotable clone with notifications, the
     VIP placed with the Promoted instance, started before the promote and stopped after the
     demote (the rekeys need it as their source address). The lab's back VIP (the server's
-    route) only follows the Promoted instance: ordered too, it would start in series with the
-    VIP and hold the promote back (0.2 s more silence). Built in a CIB file ``cib`` and pushed
+    route) is ordered the same way, on its own: unordered, a move took it to the new node
+    before the promote and the server's replies met the new node's stale ESP sequence numbers
+    (0.8 s of silence); in a group with the VIP it would start in series. Built in a CIB file ``cib`` and pushed
     at once: created one by one, the clone would be promoted before the VIP and its
     constraints exist (promote refuses without the VIP)."""
     f = ["pcs", "-f", cib]
@@ -577,6 +578,7 @@ def pcs_stateful_commands(conf: str, cib: str) -> list[list[str]]:
         [*f, "resource", "create", "vpn-backvip", "ocf:heartbeat:IPaddr2", f"ip={lab.BACK_VIP}",
          "cidr_netmask=24", "nic=eth1", "op", "monitor", "interval=2s"],
         [*f, "constraint", "colocation", "add", "vpn-backvip", "with", "Promoted", "vpn-clone", "INFINITY"],
+        [*f, "constraint", "order", "start", "vpn-backvip", "then", "promote", "vpn-clone"],
         ["pcs", "cluster", "cib-push", cib, "--config"],
     ]
 
@@ -594,5 +596,6 @@ primitive vpn-backvip ocf:heartbeat:IPaddr2 params ip={lab.BACK_VIP} cidr_netmas
 colocation vpn-vip-with-promoted inf: vpn-vip vpn-clone:Promoted
 order vpn-vip-before-promote Mandatory: vpn-vip:start vpn-clone:promote
 colocation vpn-backvip-with-promoted inf: vpn-backvip vpn-clone:Promoted
+order vpn-backvip-before-promote Mandatory: vpn-backvip:start vpn-clone:promote
 commit
 """
