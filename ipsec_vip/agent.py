@@ -22,6 +22,7 @@ from ipsec_vip.errors import (
     NotInstalledError,
     PermError,
     StateError,
+    Unimplemented,
     ViciError,
     ViciUnreachable,
 )
@@ -196,7 +197,7 @@ def notify(env: ocf.Env) -> int:
 
 def _need_promotable(env: ocf.Env) -> None:
     if not env.promotable:
-        raise ConfigError(f"{env.action} needs the resource to be a promotable clone (stateful mode)")
+        raise Unimplemented(f"{env.action} is for a promotable clone (stateful mode); this resource is a primitive")
 
 
 def _in_cluster(env: ocf.Env) -> bool:

@@ -58,6 +58,12 @@ class ViciCommandError(ViciError):
         self.errmsg = errmsg
 
 
+class Unimplemented(IpsecVipError):
+    """An action this kind of resource does not have (promote/demote of a primitive)."""
+
+    ocf_code = OCF_ERR_UNIMPLEMENTED
+
+
 class FailedPromoted(IpsecVipError):
     """A promoted instance (stateful mode) that no longer does its job here."""
 

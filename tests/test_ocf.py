@@ -42,7 +42,8 @@ def test_meta_data_describes_the_contract():
     actions = {a.get("name") for a in root.iter("action")}
     # only what Pacemaker schedules: pcs copies every advertised action into the resource's CIB
     # entry as an "op" (an advertised usage became "op usage" in every resource)
-    assert actions == {"start", "stop", "monitor", "validate-all", "meta-data"}
+    assert actions == {"start", "stop", "monitor", "validate-all", "meta-data", "promote", "demote", "notify"}
+    assert params["ha_fifo"].find("content").get("default") == "/var/run/charon.ha"
 
 
 def test_every_exit_code_the_code_can_return_is_in_the_published_table():
@@ -70,7 +71,7 @@ def test_meta_data_as_nobody_without_parameters():
     assert "<resource-agent" in p.stdout
 
 
-@pytest.mark.parametrize("action", ["promote", "demote", "notify", "migrate_to", "reload", "status", "bogus", ""])
+@pytest.mark.parametrize("action", ["promote", "demote", "migrate_to", "reload", "status", "bogus", ""])
 def test_unknown_actions_exit_3_with_one_reason(action):
     r = run_agent(action, {"vip": "192.0.2.100"})
     assert r.rc == 3

@@ -85,8 +85,10 @@ class Recorder(FakeServer):
     """Answers ``get-*`` with nothing and everything else with success; ``requests`` keeps
     (command, decoded message) in order."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, replies: dict[str, dict[str, Any]] | None = None) -> None:
+        """``replies``: command -> reply, beside (or instead of) the empty defaults."""
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.replies = {**EMPTY, **(replies or {})}
         super().__init__(path, self._talk)
 
     def _talk(self, conn: socket.socket) -> None:
@@ -99,7 +101,7 @@ class Recorder(FakeServer):
                     continue
                 self.requests.append((command, _plain(Message.deserialize(FiniteStream(packet[6 + packet[5]:])))))
                 self._send(conn, Packet.CMD_RESPONSE,
-                           EMPTY.get(command, {} if command.startswith("get-") else {"success": "yes"}))
+                           self.replies.get(command, {} if command.startswith("get-") else {"success": "yes"}))
 
     @staticmethod
     def _send(conn: socket.socket, kind: int, message: dict[str, Any]) -> None:

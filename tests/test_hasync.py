@@ -1,0 +1,126 @@
+"""Stateful mode's error paths, against fakes (no root, no daemon): a charon without the ha
+plugin, a missing or planted FIFO, a promote where the VIP is not, a FIFO nobody reads."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from ipsec_vip import hasync
+from ipsec_vip.errors import IpsecVipError, NotInstalledError
+from tests import lab
+from tests.vici_fakes import Recorder
+
+PROMOTABLE = {"OCF_RESKEY_CRM_meta_promotable": "true"}
+CONF = lab.GATEWAY_CONF % {"vip": "192.0.2.199", "psk": "unit-psk-Zq8vK2mN4pR7sT1wX5yB9cD3fG6hJ0"}
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(CONF)
+    fifo = tmp_path / "charon.ha"
+    os.mkfifo(fifo, 0o600)
+    return {"conf": conf, "fifo": fifo, "rsctmp": str(tmp_path / "rsctmp"), "tmp": tmp_path}
+
+
+def run(env, action: str, uri: str, fifo: Path | None = None, vip: str = "192.0.2.199", **extra: str) -> lab.Result:
+    params = {"vip": vip, "config": str(env["conf"]), "vici_socket": uri, "ha_fifo": str(fifo or env["fifo"])}
+    return lab.agent(action, params, rsctmp=env["rsctmp"], **PROMOTABLE, **extra)
+
+
+def charon(env, plugins: list[str]) -> Recorder:
+    return Recorder(env["tmp"] / "vici", replies={"stats": {"plugins": plugins}})
+
+
+def test_start_without_the_ha_plugin_is_5_and_loads_nothing(env):
+    fake = charon(env, ["vici", "kernel-libipsec"])
+    try:
+        r = run(env, "start", fake.uri)
+    finally:
+        fake.close()
+    assert r.rc == 5, r.stderr
+    assert "no 'ha' plugin" in r.reasons[-1] and "Traceback" not in r.stderr
+    assert not fake.sent("load-conn") and not fake.sent("load-shared")
+    assert run(env, "monitor", fake.uri).rc == 7  # not started
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "directory"])
+def test_start_without_a_usable_fifo_is_5_and_loads_nothing(env, kind):
+    bad = env["tmp"] / "not-a-fifo"
+    if kind == "file":
+        bad.write_text("+1\n")
+    elif kind == "directory":
+        bad.mkdir()
+    fake = charon(env, ["vici", "ha"])
+    try:
+        r = run(env, "start", fake.uri, fifo=bad)
+    finally:
+        fake.close()
+    assert r.rc == 5, r.stderr
+    assert ("is missing" if kind == "missing" else "is not a FIFO") in r.reasons[-1]
+    assert not fake.sent("load-conn")
+    if kind == "file":
+        assert bad.read_text() == "+1\n"
+
+
+def test_promote_without_the_vip_changes_nothing(env):
+    fake = charon(env, ["vici", "ha"])
+    reader = os.open(env["fifo"], os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        r = run(env, "promote", fake.uri)
+        assert r.rc == 1
+        assert "does not hold VIP" in r.reasons[-1] and "nothing changed" in r.reasons[-1]
+        assert fake.requests == []  # not a single VICI request
+        assert os.read(reader, 64) == b""  # nothing written to the FIFO
+        assert not os.path.exists(os.path.join(env["rsctmp"], "ipsec-vip", "vpn.promoted"))
+    finally:
+        os.close(reader)
+        fake.close()
+
+
+def test_a_primitive_has_no_promote_or_demote(env):
+    params = {"vip": "192.0.2.199", "config": str(env["conf"])}
+    for action in ("promote", "demote"):
+        r = lab.agent(action, params, rsctmp=env["rsctmp"])
+        assert r.rc == 3 and "promotable clone" in r.reasons[-1]  # ocf-tester: a primitive has neither
+    assert lab.agent("notify", params, rsctmp=env["rsctmp"]).rc == 0
+
+
+def test_send_writes_one_command_the_plugin_reads(env):
+    got: list[bytes] = []
+
+    def plugin() -> None:  # ha_ctl.c: open, one read, close
+        fd = os.open(env["fifo"], os.O_RDONLY)
+        got.append(os.read(fd, 7))
+        os.close(fd)
+
+    t = threading.Thread(target=plugin)
+    t.start()
+    hasync.send(str(env["fifo"]), "+1", timeout=5)
+    t.join(5)
+    assert got == [b"+1\n"]
+
+
+def test_send_to_a_fifo_nobody_reads_fails_in_time(env):
+    with pytest.raises(IpsecVipError, match="nobody reads"):
+        hasync.send(str(env["fifo"]), "-1", timeout=0.2)
+
+
+def test_send_refuses_a_regular_file(env):
+    f = env["tmp"] / "plain"
+    f.write_text("")
+    with pytest.raises(NotInstalledError, match="not a FIFO"):
+        hasync.send(str(f), "+1")
+    assert f.read_text() == ""
+
+
+def test_promotion_scores_prefer_a_standby_in_sync():
+    empty, synced = hasync.Sync(0, 0, 0), hasync.Sync(0, 3, 3)
+    assert hasync.score_for(True, hasync.Sync(3, 0, 0)) > hasync.score_for(False, synced) > \
+        hasync.score_for(False, empty) > 0
+    assert hasync.score_for(False, hasync.Sync(0, 2, 0)) == hasync.score_for(False, empty)  # copies without CHILD_SAs
+    assert synced.role == "standby" and hasync.Sync(3, 0, 0).role == "active" and empty.role == "empty"
