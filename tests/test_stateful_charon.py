@@ -143,3 +143,41 @@ def test_start_promote_move_and_back(halab):
         rejoin(env, old, active=new)
         assert act(env, old, "monitor").rc == 0
         wait(lambda n=new: gw_state(lb, n) == [("ESTABLISHED", ["INSTALLED"])], f"one SA on {new}")
+
+
+def test_faults_on_a_promoted_pair(halab):
+    """VIP lost on the promoted node, both nodes promoted by hand, charon restarted on the
+    standby: each is reported (9 or 1, one reason) and recovers by the normal actions."""
+    env, lb = halab, halab["lab"]
+    active = next(gw for gw in ("gw1", "gw2") if act(env, gw, "monitor").rc == 8)
+    standby = "gw2" if active == "gw1" else "gw1"
+    assert act(env, standby, "monitor").rc == 0
+
+    lb.del_vip(active)
+    r = act(env, active, "monitor")
+    assert r.rc == 9 and "VIP" in r.reasons[-1] and "Traceback" not in r.stderr
+    lb.add_vip(active)
+    assert act(env, active, "monitor").rc == 8
+
+    lb.add_vip(standby)  # split brain: both hold the VIP, an admin promotes the standby
+    ok(act(env, standby, "promote"))
+    r = act(env, active, "monitor")
+    assert r.rc == 9 and "PASSIVE" in r.reasons[-1]
+    assert act(env, standby, "monitor").rc == 8
+    ok(act(env, standby, "demote"))  # the peer takes the segment back
+    lb.del_vip(standby)
+    lb.del_vip(active)  # re-added: gratuitous ARP takes the client's and the server's traffic back
+    lb.add_vip(active)
+    assert act(env, active, "monitor").rc == 8
+    assert act(env, standby, "monitor").rc == 0
+    assert traffic(lb)
+
+    charon = lb.gateways[standby]
+    charon.kill()
+    charon.launch()
+    r = act(env, standby, "monitor")
+    assert r.rc == 1 and "none of the" in r.reasons[-1]
+    ok(act(env, standby, "stop"))
+    rejoin(env, standby, active)
+    assert act(env, standby, "monitor").rc == 0
+    assert traffic(lb)
