@@ -25,6 +25,7 @@ from ipsec_vip.vici_session import Vici
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 SWANCTL_CONF = "/etc/swanctl/swanctl.conf"
+STRONGSWAN_CONF = "/etc/strongswan.conf"
 IP = next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip", "/usr/bin/ip") if os.path.exists(p)), "/usr/sbin/ip")
 UNSHARE = next((p for p in ("/usr/bin/unshare", "/bin/unshare") if os.path.exists(p)), "/usr/bin/unshare")
 PSK_MIN_CHARS = 32
@@ -69,6 +70,7 @@ class Context:
         self._selections: dict[int, Any] = {}
         self._esp: tuple[bool | None, str] | None = None
         self.firewall_chains: list[tuple[str, ...]] = []
+        self.strongswan_conf = STRONGSWAN_CONF
 
     def plugins(self, uri: str) -> list[str] | str:
         """charon's loaded plugins (VICI ``stats``), or why they are unknown."""
@@ -459,10 +461,87 @@ def check_handoff_rules(ctx: Context) -> list[Finding]:
     return out
 
 
+_TRUE = ("1", "yes", "true", "on", "enabled")
+
+
+def _ha_settings(path: str) -> dict[str, str] | None:
+    """charon's ha plugin settings; charon-systemd reads its own section, falling back to charon's."""
+    found = [swanctl.settings(path, f"{ns}.plugins.ha") for ns in ("charon", "charon-systemd")]
+    if found == [None, None]:
+        return None
+    return {**(found[0] or {}), **(found[1] or {})}
+
+
+def check_ha(ctx: Context) -> list[Finding]:
+    """Stateful mode: strongswan.conf's charon.plugins.ha fits a Pacemaker-driven pair."""
+    loaded = any(isinstance(p, list) and "ha" in p for p in map(ctx.plugins, ctx.vici_sockets))
+    try:
+        ha = _ha_settings(ctx.strongswan_conf)
+    except ConfigError as e:
+        return [Finding("ha", FAIL if loaded else WARN, str(e), f"fix {ctx.strongswan_conf}")] if loaded else []
+    if not loaded and not (ha and (ha.get("local") or ha.get("remote"))):
+        return []  # not stateful (Debian ships an ha section of commented-out defaults)
+    if ha is None:
+        return [Finding("ha", FAIL, f"charon runs the ha plugin but {ctx.strongswan_conf} has no "
+                        "charon.plugins.ha section", "configure it as docs/stateful.md shows")]
+    where = f"{ctx.strongswan_conf} charon.plugins.ha"
+    out = []
+    if ha.get("monitor", "yes").lower() in _TRUE:
+        out.append(Finding("ha", FAIL, f"{where}: monitor is on: the plugin's heartbeat moves the segment "
+                           "behind Pacemaker's back", "set monitor = no"))
+    if ha.get("segment_count", "1").strip() != "1":
+        out.append(Finding("ha", FAIL, f"{where}: segment_count = {ha.get('segment_count')}: an active/passive "
+                           "pair has one segment", "set segment_count = 1"))
+    if ha.get("fifo_interface", "yes").lower() not in _TRUE:
+        out.append(Finding("ha", FAIL, f"{where}: fifo_interface is off: promote/demote cannot move the segment",
+                           "set fifo_interface = yes"))
+    if not ha.get("secret"):
+        out.append(Finding("ha", FAIL, f"{where}: no secret: the SA keys cross the sync link in clear",
+                           "set secret = <ipsec-vip psk> (the same on both nodes)"))
+    if ha.get("resync", "yes").lower() in _TRUE:
+        out.append(Finding("ha", WARN, f"{where}: resync is on: a request 1 s after charon starts races the "
+                           "connections' loading and can leave duplicate passive SAs",
+                           "set resync = no (the agent resyncs a rejoining node)"))
+    local, remote = ha.get("local", ""), ha.get("remote", "")
+    out += _ha_addresses(where, local, remote)
+    if not out:
+        out.append(Finding("ha", OK, f"{where}: monitor = no, one segment, FIFO, secret, local {local}, "
+                           f"peer {remote} answers"))
+    return out
+
+
+def _ha_addresses(where: str, local: str, remote: str) -> list[Finding]:
+    import ipaddress
+
+    from ipsec_vip import vip as vipmod
+
+    out = []
+    try:
+        mine = ipaddress.ip_address(local)
+    except ValueError:
+        return [Finding("ha", FAIL, f"{where}: local {local!r} is not an address", "set local = this node's "
+                        "address on the sync link")]
+    if not vipmod.holders(mine):
+        out.append(Finding("ha", FAIL, f"{where}: local {local} is not an address of this node",
+                           "set local to this node's address on the sync link"))
+    try:
+        ipaddress.ip_address(remote)
+    except ValueError:
+        return [*out, Finding("ha", FAIL, f"{where}: remote {remote!r} is not an address",
+                              "set remote = the peer's address on the sync link")]
+    p = subprocess.run(["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", remote], capture_output=True,
+                       text=True, check=False, env=_ENV, timeout=10)
+    if p.returncode != 0:
+        out.append(Finding("ha", FAIL, f"{where}: the peer {remote} does not answer on the sync link",
+                           "check the link and the firewall (the plugin uses UDP 4510)"))
+    return out
+
+
 CHECKS: tuple[Callable[[Context], list[Finding]], ...] = (
     check_xfrm_netlink, check_kernel_esp, check_tun, check_charon_running, check_vici, check_plugins,
     check_config, check_connections, check_psk_strength, check_not_load_all, check_secret_files, check_firewall,
     check_handoff_rules,
+    check_ha,
 )
 
 

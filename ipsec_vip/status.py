@@ -83,7 +83,8 @@ def _since_seconds(since: str) -> int | None:
 def _charon(uri: str, timeout: float) -> tuple[dict[str, Any], set[str], list[dict[str, Any]]]:
     """Version, uptime and counters of one charon; its loaded conns and IKE_SAs."""
     info: dict[str, Any] = {"socket": uri, "reachable": False, "error": None, "daemon": None, "version": None,
-                            "uptime_seconds": None, "since": None, "ike_sas": None, "half_open": None}
+                            "uptime_seconds": None, "since": None, "ike_sas": None, "half_open": None,
+                            "ha_plugin": None}
     try:
         with Vici(uri, timeout=timeout) as v:
             version = v.request("version")
@@ -97,7 +98,8 @@ def _charon(uri: str, timeout: float) -> tuple[dict[str, Any], set[str], list[di
     ikesas = stats.get("ikesas") or {}
     info.update(reachable=True, daemon=version.get("daemon"), version=version.get("version"),
                 since=uptime.get("since"), uptime_seconds=_since_seconds(str(uptime.get("since", ""))),
-                ike_sas=_int(ikesas.get("total")), half_open=_int(ikesas.get("half-open")))
+                ike_sas=_int(ikesas.get("total")), half_open=_int(ikesas.get("half-open")),
+                ha_plugin="ha" in (stats.get("plugins") or []))
     return info, loaded, sas
 
 
@@ -152,7 +154,7 @@ def report(found: list[Target], default_socket: str, timeout: float = 5.0) -> di
     vips = []
     for t in found:
         uri = t.params.vici_socket if t.params is not None else default_socket
-        _, loaded, sas = charons.get(uri, ({}, set(), []))
+        info, loaded, sas = charons.get(uri, ({}, set(), []))
         names, error = _conn_names(t)
         held, held_error = _held(t)
         conns: list[dict[str, Any]] = []
@@ -172,6 +174,7 @@ def report(found: list[Target], default_socket: str, timeout: float = 5.0) -> di
             "ike_sas_established": sum(1 for c in conns for i in c["ike_sas"] if i["state"] == "ESTABLISHED"),
             "child_sas_installed": sum(1 for c in conns for i in c["ike_sas"] for ch in i["children"]
                                        if ch["state"] == "INSTALLED"),
+            "ha": _ha(conns) if info.get("ha_plugin") else None,
         })
     return {"schema": SCHEMA, "node": os.uname().nodename, "charons": [c[0] for c in charons.values()],
             "vips": vips, "drop_rules": drops}
@@ -185,6 +188,18 @@ def _drop_rules() -> list[str] | None:
         return [str(v) for v in sorted(droprule.listed(), key=lambda a: (a.version, a))]
     except droprule.NftUnavailable:
         return None if droprule.installed() else []
+
+
+def _ha(conns: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stateful mode: this node's role in the state sync and how many SAs it holds."""
+    from ipsec_vip.hasync import Sync
+
+    ikes = [i for c in conns for i in c["ike_sas"]]
+    passive = [i for i in ikes if i["state"] == "PASSIVE"]
+    sync = Sync(active=len(ikes) - len(passive), passive=len(passive),
+                passive_ready=sum(1 for i in passive if any(ch["state"] == "INSTALLED" for ch in i["children"])))
+    return {"role": sync.role, "active_ike_sas": sync.active, "synced_ike_sas": sync.passive,
+            "synced_ready": sync.passive_ready}
 
 
 def unreachable(rep: dict[str, Any]) -> bool:
@@ -235,6 +250,11 @@ def render(rep: dict[str, Any]) -> str:
         if v["connections"]:
             lines.append(f"  {v['ike_sas_established']} IKE_SA(s) established, "
                          f"{v['child_sas_installed']} CHILD_SA(s) installed")
+        if v.get("ha"):
+            ha = v["ha"]
+            lines.append(f"  state sync (ha plugin): {ha['role']}: {ha['active_ike_sas']} active IKE_SA(s), "
+                         f"{ha['synced_ike_sas']} synced (passive) copies, {ha['synced_ready']} of them with an "
+                         f"installed CHILD_SA")
         for conn in v["connections"]:
             lines.append(f"  {conn['name']}: {'loaded' if conn['loaded'] else 'NOT loaded'}, "
                          f"{len(conn['ike_sas'])} IKE_SA(s)")

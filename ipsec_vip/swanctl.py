@@ -377,3 +377,21 @@ def load(path: str) -> SwanctlConfig:
     except RecursionError:
         raise ConfigError(f"{path}: sections nested too deeply") from None
     return SwanctlConfig(path=path, connections=conns, secrets=secrets, pools=pools)
+
+
+def settings(path: str, section: str) -> dict[str, str] | None:
+    """The settings of the dotted ``section`` (e.g. ``charon.plugins.ha``) of a file in this
+    grammar (strongswan.conf is one, includes and all); None when the section is absent."""
+    path = os.path.abspath(path)
+    root = _Section("")
+    try:
+        _Parser(path, _read(path), (os.path.realpath(path),)).parse(root)
+    except RecursionError:
+        raise ConfigError(f"{path}: sections nested too deeply") from None
+    tree = _Tree(root, path)
+    chain: list[_Section] = [root]
+    for part in section.split("."):
+        chain = tree.subsections(chain).get(part, [])
+        if not chain:
+            return None
+    return tree.keys(chain)

@@ -124,3 +124,21 @@ def test_promotion_scores_prefer_a_standby_in_sync():
         hasync.score_for(False, empty) > 0
     assert hasync.score_for(False, hasync.Sync(0, 2, 0)) == hasync.score_for(False, empty)  # copies without CHILD_SAs
     assert synced.role == "standby" and hasync.Sync(3, 0, 0).role == "active" and empty.role == "empty"
+
+
+def test_ha_settings_follow_strongswan_conf_grammar(tmp_path):
+    from ipsec_vip import preflight, swanctl
+
+    d = tmp_path / "strongswan.d"
+    d.mkdir()
+    (d / "ha.conf").write_text("charon {\n  plugins {\n    ha {\n      monitor = no # Pacemaker decides\n"
+                               "      secret = \"s e c\"\n    }\n  }\n}\n")
+    main = tmp_path / "strongswan.conf"
+    main.write_text("charon {\n  plugins {\n    ha {\n      local = 192.0.2.1\n      monitor = yes\n    }\n  }\n}\n"
+                    "include strongswan.d/*.conf\ncharon-systemd {\n  plugins {\n    ha {\n      remote = 192.0.2.2\n"
+                    "    }\n  }\n}\n")
+    assert swanctl.settings(str(main), "charon.plugins.ha") == {"local": "192.0.2.1", "monitor": "no",
+                                                                 "secret": "s e c"}
+    assert swanctl.settings(str(main), "charon.plugins.vici") is None
+    assert preflight._ha_settings(str(main)) == {"local": "192.0.2.1", "monitor": "no", "secret": "s e c",
+                                                 "remote": "192.0.2.2"}

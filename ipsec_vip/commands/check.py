@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--watch-dir", default=WATCH_DIR, help=f"watch configs (default {WATCH_DIR})")
     p.add_argument("--swanctl-conf", default=preflight.SWANCTL_CONF,
                    help=f"the distribution's swanctl.conf (default {preflight.SWANCTL_CONF})")
+    p.add_argument("--strongswan-conf", default=preflight.STRONGSWAN_CONF,
+                   help=f"charon's settings, for the ha plugin's (default {preflight.STRONGSWAN_CONF})")
     p.add_argument("--fix-hints", action="store_true", help="print the firewall rules to add")
     p.add_argument("--json", action="store_true", help="findings as JSON")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per VICI call (default 5)")
@@ -47,7 +49,9 @@ def context(args: argparse.Namespace) -> preflight.Context:
         targets = [preflight.Target(args.config, args.config, None)]
     sockets = list(dict.fromkeys(t.params.vici_socket for t in targets if t.params is not None)) or [args.vici_socket]
     families = {t.params.vip.version for t in targets if t.params is not None} or {4}
-    return preflight.Context(targets, sockets, args.timeout, args.swanctl_conf, families, early)
+    ctx = preflight.Context(targets, sockets, args.timeout, args.swanctl_conf, families, early)
+    ctx.strongswan_conf = args.strongswan_conf
+    return ctx
 
 
 def run(args: argparse.Namespace) -> int:
