@@ -498,6 +498,11 @@ def check_ha(ctx: Context) -> list[Finding]:
     if not ha.get("secret"):
         out.append(Finding("ha", FAIL, f"{where}: no secret: the SA keys cross the sync link in clear",
                            "set secret = <ipsec-vip psk> (the same on both nodes)"))
+    elif ctx.libipsec():
+        out.append(Finding("ha", FAIL, f"{where}: secret has no effect with kernel-libipsec (the plugin cannot "
+                           "route its protected sync: 'installing trap failed'), the SA keys cross the sync link "
+                           "in clear", "use kernel ESP, or a sync link nobody else can reach (a cable between the "
+                           "two nodes)"))
     if ha.get("resync", "yes").lower() in _TRUE:
         out.append(Finding("ha", WARN, f"{where}: resync is on: a request 1 s after charon starts races the "
                            "connections' loading and can leave duplicate passive SAs",
