@@ -35,9 +35,11 @@ def halab(tmp_path_factory) -> Iterator[dict[str, Any]]:
         lb.destroy()
 
 
-def act(env: dict[str, Any], gw: str, action: str, interval: str = "10000", **extra: str) -> lab.Result:
+def act(env: dict[str, Any], gw: str, action: str, interval: str = "10000", uri: str = "", **extra: str,
+        ) -> lab.Result:
     charon = env["lab"].gateways[gw]
-    params = {"vip": lab.VIP, "config": str(env["conf"]), "vici_socket": charon.uri, "ha_fifo": charon.ha_fifo}
+    params = {"vip": lab.VIP, "config": str(env["conf"]), "vici_socket": uri or charon.uri,
+              "ha_fifo": charon.ha_fifo}
     return lab.agent(action, params, netns=env["lab"].ns(gw), rsctmp=env["rsctmp"][gw],
                      OCF_RESKEY_CRM_meta_interval=interval, **PROMOTABLE, **extra)
 
@@ -225,3 +227,29 @@ def test_status_shows_role_and_synced_sas_and_check_reads_the_ha_section(halab):
     for problem in ("monitor is on", "segment_count = 2", "resync is on", "local 198.51.100.99 is not an address",
                     "198.51.100.98 does not answer"):
         assert problem in text, text
+
+
+def test_a_rekey_charon_refuses(halab, tmp_path):
+    """The takeover's rekey refused: promote says so (1, one reason, no traceback); the segment
+    is taken (monitor 8), and Pacemaker's retry of the promote brings the traffic back."""
+    from tests.vici_fakes import Proxy
+
+    env, lb = halab, halab["lab"]
+    active = next(gw for gw in ("gw1", "gw2") if act(env, gw, "monitor").rc == 8)
+    new = "gw2" if active == "gw1" else "gw1"
+    proxy = Proxy(tmp_path / "refusing.vici", lb.gateways[new].vici_path, answers={"rekey": {"success": "no", "errmsg": "rekey refused by test"}})
+    try:
+        ok(act(env, active, "demote"))
+        lb.del_vip(active)
+        lb.add_vip(new)
+        ok(act(env, active, "stop"))
+        r = act(env, new, "promote", uri=proxy.uri)
+        assert r.rc == 1 and "Traceback" not in r.stderr
+        assert r.reasons == [r.reasons[-1]] and "rekey refused by test" in r.reasons[-1]
+    finally:
+        proxy.close()
+    assert act(env, new, "monitor").rc == 8
+    ok(act(env, new, "promote"))
+    flows(lb)
+    assert traffic(lb)
+    rejoin(env, active, new)
