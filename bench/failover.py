@@ -56,6 +56,12 @@ def _holder(c: cluster.Cluster) -> str:
     return c.wait_any("vpn-vip", timeout=60)
 
 
+def _settle(c: cluster.Cluster, timeout_s: int = 120) -> None:
+    """Until the cluster has no transition left (a rejoined node is probed, its resources
+    placed): right after a crash and rejoin, the VIP was seen on both nodes for a moment."""
+    c.any_node().on("crm_resource", "--wait", f"--timeout={timeout_s * 1000}", check=False, timeout=timeout_s + 10)
+
+
 def _dc(c: cluster.Cluster) -> str:
     """The designated controller's node name ('' if unknown)."""
     out = c.any_node().on("crm_mon", "-1", "--output-as=xml", check=False).stdout
@@ -145,10 +151,11 @@ def _scenarios(c: cluster.Cluster, reps: int, conf: str, baseline: bool, log: An
         run = _measure(c, lambda h=h: c.crash(h), o)
         run["dc_crashed"] = run["dc_before"] == h
         out["holder crash"].append(run)
-        c.start_node(h)
+        c.start_node(h)  # the reboot: a fresh node, its addresses and /run empty
         c.wait_ready(90)
         if baseline:
             _load_all(c, h, conf)
+        _settle(c)
     return out
 
 
@@ -190,6 +197,103 @@ def run(reps: int, log: Any) -> dict[str, Any]:
                 result.setdefault("rows", []).append({
                     "setup": label, "scenario": scenario, "runs": samples,
                     **{k: summary([s[k] * 1000 for s in samples]) for k in ("gap_s", "vip_moved_s")}})
+    finally:
+        c.destroy()
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    return result
+
+
+# --------------------------------------------------------------------------- stateful mode
+def _measure_both(c: cluster.Cluster, event: Callable[[], object], to: str) -> dict[str, dict[str, Any]]:
+    """Both clients' gaps for one event, each with whether it kept its IKE_SA (same SPIs)."""
+    clients = {"stock": (c.stock, "stock"), "tuned": (c.client, "client")}
+
+    def spis(ch: lab.Charon | None) -> list[tuple[str, str]]:
+        return [] if ch is None else [(s["initiator-spi"], s["responder-spi"]) for s in ch.sas()
+                                      if s["name"] == "home"]
+
+    before = {k: spis(ch) for k, (ch, _) in clients.items()}
+    probes = {k: cluster.Probe(c.work, client=ns) for k, (_, ns) in clients.items()}
+    try:
+        for p in probes.values():
+            p.wait_flowing(time.monotonic() - 5, timeout=20)
+        arrival = cluster.VipArrival(c.nodes[to])
+        t0 = time.monotonic()
+        event()
+        c.wait_located("vpn-vip", to, timeout=90)
+        c.wait_promoted("vpn-clone", to, timeout=60)
+        t_vip = arrival.wait(t0)
+        out = {}
+        for k, p in probes.items():
+            first = p.wait_flowing(t0 + t_vip, timeout=40)
+            out[k] = {"vip_moved_s": round(t_vip, 3), "traffic_back_s": round(first - t0, 3)}
+        time.sleep(0.3)
+        for k, p in probes.items():
+            out[k]["gap_s"] = round(p.gap(t0), 3)
+            out[k]["kept_ike_sa"] = spis(clients[k][0]) == before[k]
+        return out
+    finally:
+        for p in probes.values():
+            p.stop()
+
+
+def _wait_in_sync(c: cluster.Cluster, node: str, clients: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            copies = [s for s in c.nodes[node].sas() if s["name"] == "rw" and s["state"] == "PASSIVE"
+                      and any(ch["state"] == "INSTALLED" for ch in (s.get("child-sas") or {}).values())]
+            if len(copies) == clients:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{node} not in sync after {timeout}s")
+
+
+def run_stateful(reps: int, log: Any) -> dict[str, Any]:
+    """Stateful mode (docs/stateful.md's pcs recipe): standby and holder crash, stock and tuned client."""
+    from tests.test_stateful_cluster import CLIENTS, gateway_conf
+
+    t0 = time.monotonic()
+    log("  building the two-node cluster with the ha plugin (corosync token 1000 ms)")
+    c = cluster.Cluster.build(("gw1", "gw2"), token_ms=1000, ha=True)
+    result: dict[str, Any] = {"token_ms": 1000, "reps": reps, "rows": []}
+    try:
+        conf = c.work / "swanctl.conf"
+        conf.write_text(gateway_conf())
+        conf.chmod(0o600)
+        for cmd in cluster.pcs_stateful_commands(str(conf), str(c.work / "stateful-cib.xml")):
+            c.nodes["gw1"].on(*cmd)
+        h = c.wait_any("vpn-vip")
+        c.wait_promoted("vpn-clone", h)
+        if c.client is None or c.stock is None:
+            raise RuntimeError("the lab has no clients")
+        from tests.test_stateful_cluster import PSK as STATEFUL_PSK
+
+        lab.client_load(c.client, STATEFUL_PSK, identity=CLIENTS["tuned"])
+        lab.client_load(c.stock, STATEFUL_PSK, stock=True, identity=CLIENTS["stock"])
+        for client in (c.client, c.stock):
+            if not lab.client_initiate(client):
+                raise RuntimeError("a client could not connect")
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for scenario in ("planned move", "holder crash"):
+            for i in range(reps):
+                h = _holder(c)
+                o = next(n for n in c.nodes if n != h)
+                _wait_in_sync(c, o, len(CLIENTS))
+                log(f"    stateful {scenario} {i + 1}/{reps}: {h} -> {o}")
+                if scenario == "planned move":
+                    got = _measure_both(c, lambda h=h: c.nodes[h].on("pcs", "node", "standby", h), o)
+                    c.nodes[o].on("pcs", "node", "unstandby", h)
+                else:
+                    got = _measure_both(c, lambda h=h: c.crash(h), o)
+                    c.start_node(h)
+                    c.wait_ready(90)
+                _settle(c)
+                for client, sample in got.items():
+                    runs.setdefault((scenario, client), []).append(sample)
+        for (scenario, client), samples in runs.items():
+            result["rows"].append({"setup": f"stateful-{client}", "scenario": scenario, "runs": samples,
+                                   **{k: summary([s[k] * 1000 for s in samples]) for k in ("gap_s", "vip_moved_s")}})
     finally:
         c.destroy()
     result["seconds"] = round(time.monotonic() - t0, 1)

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -422,6 +423,29 @@ class Cluster:
             lab.remove_netns(ns)
         if os.environ.get("IPSEC_VIP_KEEP_LAB") != "1":
             shutil.rmtree(self.work, ignore_errors=True)
+
+
+class VipArrival(threading.Thread):
+    """Polls ``node`` for the VIP from now on: when did it arrive (pcs move returns only after
+    the move, so the cluster's view after the event says nothing)?"""
+
+    def __init__(self, node: Node, address: str = lab.VIP) -> None:
+        super().__init__(daemon=True)
+        self.node, self.address, self.at = node, address, 0.0
+        self.start()
+
+    def run(self) -> None:
+        end = time.monotonic() + 120
+        while time.monotonic() < end and not self.at:
+            with contextlib.suppress(Exception):
+                if self.node.alive and self.node.has_address(self.address):
+                    self.at = time.monotonic()
+            time.sleep(0.01)
+
+    def wait(self, t0: float) -> float:
+        self.join(130)
+        assert self.at, "the VIP never arrived"
+        return self.at - t0
 
 
 STOCK_IP = "192.0.2.51"

@@ -65,3 +65,22 @@ def test_libreswan_root_names_no_mirror_of_its_own():
     script = Path(__file__).resolve().parent.parent / "bench" / "libreswan-root.sh"
     code = [line for line in script.read_text().splitlines() if not line.lstrip().startswith("#")]
     assert not [line for line in code if "://" in line]
+
+
+def test_stateful_targets():
+    def runs(*pairs):
+        return [{"gap_s": g, "vip_moved_s": v, "kept_ike_sa": True} for g, v in pairs]
+
+    stateful = {"available": True, "rows": [
+        {"setup": "stateful-stock", "scenario": "planned move", "runs": runs((0.25, 1.0), (0.31, 1.2))},
+        {"setup": "stateful-stock", "scenario": "holder crash", "runs": runs((3.4, 3.2), (3.1, 2.9))}]}
+    v = {t: (m, verdict) for t, m, verdict in report.targets(_results(
+        stateful=stateful, takeover={"n": 1000, "promote_s": 0.4, "all_rekeyed_s": 1.9, "traffic_sample": "5/5"}))}
+    assert v["stateful planned move, stock client gap ≤ 0.3 s"][1] == "**not met**"  # 0.31
+    assert v["stateful holder crash, stock client gap ≤ VIP move + 0.3 s"][1] == "**met**"  # 0.2 over
+    assert v["takeover of 1000 synced SAs: all rekeyed ≤ 2 s after promote"][1] == "**met**"
+    missing = {t: verdict for t, _, verdict in report.targets(_results(
+        stateful={"available": False, "reason": "no ha plugin", "rows": []}))}
+    assert all(missing[t] == "not measured" for t in missing if "stateful" in t or "takeover" in t)
+    md = report.markdown(_results(stateful=stateful))
+    assert "stateful (promotable clone + ha plugin), stock client | planned move | 0.25, 0.31" in md

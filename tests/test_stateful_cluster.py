@@ -8,8 +8,6 @@ traffic flows both ways afterwards."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -111,29 +109,6 @@ def client_spis(client: lab.Charon) -> list[tuple[str, str]]:
     return [(s["initiator-spi"], s["responder-spi"]) for s in client.sas() if s["name"] == "home"]
 
 
-class VipArrival(threading.Thread):
-    """Polls ``node`` for the VIP from now on: when did it arrive (pcs move returns only after
-    the move, so the cluster's view after the event says nothing)?"""
-
-    def __init__(self, node: cluster.Node) -> None:
-        super().__init__(daemon=True)
-        self.node, self.at = node, 0.0
-        self.start()
-
-    def run(self) -> None:
-        end = time.monotonic() + 120
-        while time.monotonic() < end and not self.at:
-            with contextlib.suppress(Exception):
-                if self.node.alive and self.node.has_address(lab.VIP):
-                    self.at = time.monotonic()
-            time.sleep(0.01)
-
-    def wait(self, t0: float) -> float:
-        self.join(130)
-        assert self.at, "the VIP never arrived"
-        return self.at - t0
-
-
 def measure(c: cluster.Cluster, label: str, event: Callable[[], None], new: str,
             keep: tuple[str, ...] = ("stock", "tuned")) -> None:
     """Run ``event`` with both clients' traffic flowing; both must flow again, those in ``keep``
@@ -147,7 +122,7 @@ def measure(c: cluster.Cluster, label: str, event: Callable[[], None], new: str,
         for p in probes.values():
             p.wait_flowing(time.monotonic() - 5, timeout=15)
         t0 = time.monotonic()
-        arrival = VipArrival(c.nodes[new])
+        arrival = cluster.VipArrival(c.nodes[new])
         event()
         c.wait_located(VIPS, new, timeout=90)
         c.wait_promoted(CLONE, new, timeout=60)
