@@ -43,7 +43,7 @@ from ipsec_vip.errors import (
     ViciUnreachable,
 )
 from ipsec_vip.log import log
-from ipsec_vip.params import Params
+from ipsec_vip.params import DEFAULT_HA_FIFO, Params
 from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import Vici
 
@@ -276,15 +276,16 @@ def promote(params: Params, instance: str, states: StateDir, deadline: control.D
         if record is None:
             raise IpsecVipError("promote before start: the connections are not loaded here")
         check_fifo(params.ha_fifo)
+        uri, _ = control.target(record, params)
         t0 = time.monotonic()
-        with Vici(params.vici_socket, timeout=deadline.left()) as v:
+        with Vici(uri, timeout=deadline.left()) as v:
             send(params.ha_fifo, f"+{SEGMENT}", timeout=deadline.left())
             states.set_mark(instance, PROMOTED, "1")
             sas = wait_states(v, record.conns, passive=False, seconds=deadline.left(cap=5))
             still = [s for s in sas if s.passive]
             if still:
                 raise IpsecVipError(f"segment taken but {len(still)} IKE_SA(s) stayed PASSIVE")
-            queued = rekey_all(params.vici_socket, sas, deadline.left())
+            queued = rekey_all(uri, sas, deadline.left())
     return (f"segment {SEGMENT} active here: {len(sas)} synced IKE_SA(s), rekey of {queued} CHILD_SA(s) queued "
             f"in {time.monotonic() - t0:.2f}s")
 
@@ -299,11 +300,12 @@ def demote(params: Params | None, instance: str, states: StateDir, deadline: con
 def _demote(params: Params | None, instance: str, states: StateDir, deadline: control.Deadline,
             record: Record | None) -> str:
     record = record or control.read_record(params, instance, states)
-    fifo, uri = _fifo_uri(params, record)
+    fifo = params.ha_fifo if params else DEFAULT_HA_FIFO
     promoted = states.mark(instance, PROMOTED) is not None
     if record is None:
         states.set_mark(instance, PROMOTED, None)
         return "not started here"
+    uri, _ = control.target(record, params)
     try:
         with Vici(uri, timeout=deadline.left()) as v:
             sas = ours(v, record.conns, deadline.left())
@@ -329,7 +331,7 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: contr
         done = []
         if record is not None:
             done.append(_demote(params, instance, states, deadline, record))
-            _, uri = _fifo_uri(params, record)
+            uri, _ = control.target(record, params)
             try:
                 with Vici(uri, timeout=deadline.left()) as v:
                     copies = [s for s in ours(v, record.conns, deadline.left()) if s.passive]
@@ -344,22 +346,13 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: contr
     return "; ".join(done)
 
 
-def _fifo_uri(params: Params | None, record: Record | None) -> tuple[str, str]:
-    from ipsec_vip.params import DEFAULT_HA_FIFO
-    from ipsec_vip.vici_session import DEFAULT_SOCKET
-
-    fifo = params.ha_fifo if params else DEFAULT_HA_FIFO
-    uri = (record.vici_socket if record and record.vici_socket else "") or (params.vici_socket if params else "")
-    return fifo, uri or DEFAULT_SOCKET
-
-
 def resync_peer(params: Params, instance: str, states: StateDir, deadline: control.Deadline) -> str:
     """On the active node, after the peer started: resend our state to it (``*1``), once."""
     with states.lock(deadline.left(cap=3600)):
         record = states.read(instance)
         if record is None or states.mark(instance, PROMOTED) is None:
             return "not promoted here: the active node resyncs"
-        with Vici(params.vici_socket, timeout=deadline.left()) as v:
+        with Vici(control.target(record, params)[0], timeout=deadline.left()) as v:
             sas = ours(v, record.conns, deadline.left())
         if any(s.passive for s in sas):
             raise IpsecVipError("promoted but holding PASSIVE IKE_SAs: not resyncing from a passive node")
@@ -382,10 +375,11 @@ def check(params: Params, instance: str, record: Record, states: StateDir, level
         if promoted:
             raise FailedPromoted((health.problems or ["charon is not running"])[0])
         return Status(promoted, Sync(0, 0, 0), health)
-    with Vici(params.vici_socket, timeout=deadline.left()) as v:
+    uri, interface = control.target(record, params)
+    with Vici(uri, timeout=deadline.left()) as v:
         sync = summary(ours(v, record.conns, deadline.left()))
     if promoted:
-        if not vipmod.held(params.vip, params.interface):
+        if not vipmod.held(params.vip, interface):
             raise FailedPromoted(f"promoted but VIP {params.vip} is not held by this node")
         if sync.passive:
             raise FailedPromoted(f"promoted but {sync.passive} IKE_SA(s) are PASSIVE here: the peer took the "

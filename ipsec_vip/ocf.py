@@ -73,7 +73,7 @@ class Env(NamedTuple):
     def promotable(self) -> bool:
         """Run as a promotable clone: stateful mode. Pacemaker hands the clone's meta attributes
         to each instance's actions (``promotable``, and ``promoted_max``/``master_max``)."""
-        return _true(self.meta.get("promotable")) or any(
+        return bool(crm_boolean(self.meta.get("promotable"))) or any(
             self.meta.get(k) for k in ("promoted_max", "master_max"))
 
 
