@@ -111,10 +111,10 @@ def run(n: int, log: Any) -> dict[str, Any]:
         log(f"    connecting {n} clients")
         _connect(lb, n, log)
         old = _children(lb.gateways["gw2"])
-        _act(lb, "gw1", "demote", conf, rsctmp)
+        demote_s, _ = _act(lb, "gw1", "demote", conf, rsctmp)
         lb.del_vip("gw1")
         lb.add_vip("gw2")
-        _act(lb, "gw1", "stop", conf, rsctmp)
+        stop_s, _ = _act(lb, "gw1", "stop", conf, rsctmp)  # a standby: Pacemaker promotes after this stop
         start = time.monotonic()
         promote_s, r = _act(lb, "gw2", "promote", conf, rsctmp)
         done, polls, poll_s = None, 0, 0.0
@@ -132,9 +132,11 @@ def run(n: int, log: Any) -> dict[str, Any]:
         both = sum(1 for i in sample if f"home{i}" in vips and lab.in_ns(
             lb.ns("client"), "ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", vips[f"home{i}"], lab.SERVER_IP,
             check=False).returncode == 0)
-        log(f"    promote {promote_s:.2f} s, all {n} rekeyed after {done if done is not None else 'never'} s, "
+        log(f"    demote {demote_s:.2f} s, stop {stop_s:.2f} s, promote {promote_s:.2f} s, "
+            f"all {n} rekeyed after {done if done is not None else 'never'} s, "
             f"{both}/{len(sample)} sampled tunnels carry traffic both ways")
-        return {"n": n, "promote_s": round(promote_s, 3), "all_rekeyed_s": None if done is None else round(done, 3),
+        return {"n": n, "demote_s": round(demote_s, 3), "stop_s": round(stop_s, 3), "promote_s": round(promote_s, 3),
+                "all_rekeyed_s": None if done is None else round(done, 3),
                 "polls": polls, "last_poll_s": round(poll_s, 3),
                 "traffic_sample": f"{both}/{len(sample)}", "promote_log": r.stderr.strip().splitlines()[-1:],
                 "seconds": round(time.monotonic() - t0, 1)}
