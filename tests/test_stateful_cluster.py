@@ -209,3 +209,36 @@ def test_ten_moves_leave_nothing_stale(cl):
         assert client is not None
         sas = [s for s in client.sas() if s["name"] == "home"]
         assert len(sas) == 1 and len(sas[0]["child-sas"]) == 1, sas
+
+
+@pytest.fixture(scope="module")
+def crmcl() -> Iterator[cluster.Cluster]:
+    from tests.test_failover import _need_root
+
+    _need_root()
+    c = cluster.Cluster.build(("gw1", "gw2"), ha=True)
+    try:
+        conf = c.work / "swanctl.conf"
+        conf.write_text(gateway_conf())
+        conf.chmod(0o600)
+        c.nodes["gw1"].on("crm", "configure", stdin=cluster.crm_stateful_configure(str(conf)))
+        first = c.wait_any(VIPS)
+        c.wait_promoted(CLONE, first)
+        assert c.client is not None and c.stock is not None
+        lab.client_load(c.client, PSK, identity=CLIENTS["tuned"])
+        lab.client_load(c.stock, PSK, stock=True, identity=CLIENTS["stock"])
+        for client in (c.client, c.stock):
+            assert lab.client_initiate(client)
+        wait_in_sync(c, other(c, first))
+        yield c
+    finally:
+        c.destroy()
+
+
+def test_crm_recipe_standby_keeps_the_sas(crmcl):
+    """docs/stateful.md's crm recipe: the same cluster, a standby keeps both clients' IKE_SAs."""
+    first = promoted(crmcl)
+    second = other(crmcl, first)
+    measure(crmcl, "crm standby", lambda: crmcl.nodes[first].on("crm", "node", "standby", first), second)
+    crmcl.nodes[first].on("crm", "node", "online", first)
+    wait_settled(crmcl, second)
