@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ipsec_vip import __version__, control, ocf
 from ipsec_vip.errors import (
@@ -30,6 +31,9 @@ from ipsec_vip.log import log
 from ipsec_vip.params import DEFAULT_CONFIG, DEFAULT_HA_FIFO, Params, parse
 from ipsec_vip.state import StateDir
 from ipsec_vip.vici_session import DEFAULT_SOCKET
+
+if TYPE_CHECKING:
+    from ipsec_vip import hasync
 
 DEFAULT_TIMEOUT = {"start": 30, "stop": 30, "monitor": 20, "validate-all": 20, "promote": 30, "demote": 30,
                    "notify": 20}
@@ -149,7 +153,10 @@ def stop(env: ocf.Env) -> int:
     if env.promotable:
         from ipsec_vip import hasync
 
-        log.info("%s", hasync.stop(params, env.instance, StateDir(), _deadline(env)))
+        states = StateDir()
+        log.info("%s", hasync.stop(params, env.instance, states, _deadline(env)))
+        _unpublish(env, states)
+        states.set_mark(env.instance, hasync.UNSYNCED, None)
         if _in_cluster(env):
             hasync.set_score(None)
     else:
@@ -178,6 +185,7 @@ def demote(env: ocf.Env) -> int:
         params = None
     states = StateDir()
     log.info("%s", hasync.demote(params, env.instance, states, _deadline(env)))
+    _unpublish(env, states)
     _score(env, states, hasync.SCORE_IN_SYNC)
     return OCF_SUCCESS
 
@@ -193,6 +201,15 @@ def notify(env: ocf.Env) -> int:
     if started:
         log.info("%s", hasync.resync_peer(_params(env), env.instance, StateDir(), _deadline(env)))
     return OCF_SUCCESS
+
+
+def _unpublish(env: ocf.Env, states: StateDir) -> None:
+    from ipsec_vip import hasync
+
+    if states.mark(env.instance, hasync.DIGEST) is not None:
+        if _in_cluster(env):
+            hasync.publish(env.instance, None)
+        states.set_mark(env.instance, hasync.DIGEST, None)
 
 
 def _need_promotable(env: ocf.Env) -> None:
@@ -282,10 +299,28 @@ def _monitor_stateful(env: ocf.Env) -> int:
         if env.is_probe and not health.running:
             return OCF_NOT_RUNNING
         raise IpsecVipError("; ".join(health.problems) or "not running")
+    if _in_cluster(env):
+        _sync_check(env, states, status)
     _score(env, states, hasync.score_for(status.promoted, status.sync))
     if health.degraded:
         ocf.exit_reason("; ".join(health.degraded), os.environ)
     return OCF_RUNNING_PROMOTED if status.promoted else OCF_SUCCESS
+
+
+def _sync_check(env: ocf.Env, states: StateDir, status: hasync.Status) -> None:
+    """The promoted node publishes what it holds; the standby compares its copies with it and
+    fails (Pacemaker restarts it: the restart's resync repairs it) once they differ for long."""
+    from ipsec_vip import hasync
+
+    if status.promoted:
+        if states.mark(env.instance, hasync.DIGEST) != status.digest:
+            hasync.publish(env.instance, status.digest)
+            states.set_mark(env.instance, hasync.DIGEST, status.digest)
+        return
+    peer = hasync.peer_digest(env.instance, env.meta.get("on_node", ""))
+    if not hasync.in_sync(states, env.instance, status.digest, peer):
+        raise IpsecVipError(f"standby not in sync with the promoted node for {hasync.OUT_OF_SYNC_AFTER:.0f}s "
+                            "(sync link down?); a restart of this instance resyncs it")
 
 
 def validate(env: ocf.Env) -> int:

@@ -65,6 +65,7 @@ class Child(NamedTuple):
     uniqueid: str
     name: str
     state: str
+    spis: str = ""  # "in/out": the same on the active SA and its synced copy
 
 
 class IkeSa(NamedTuple):
@@ -74,6 +75,7 @@ class IkeSa(NamedTuple):
     conn: str
     state: str
     children: tuple[Child, ...]
+    spis: str = ""  # "initiator/responder"
 
     @property
     def passive(self) -> bool:
@@ -164,9 +166,11 @@ def ours(v: Any, conns: Iterable[str], timeout: float) -> list[IkeSa]:
         for conn, body in event.items():
             if conn not in names or not isinstance(body, dict):
                 continue
-            children = tuple(Child(str(c.get("uniqueid", "")), str(c.get("name", "")), str(c.get("state", "")))
+            children = tuple(Child(str(c.get("uniqueid", "")), str(c.get("name", "")), str(c.get("state", "")),
+                                   f"{c.get('spi-in', '')}/{c.get('spi-out', '')}")
                              for c in (body.get("child-sas") or {}).values() if isinstance(c, dict))
-            out.append(IkeSa(str(body.get("uniqueid", "")), conn, str(body.get("state", "")), children))
+            out.append(IkeSa(str(body.get("uniqueid", "")), conn, str(body.get("state", "")), children,
+                             f"{body.get('initiator-spi', '')}/{body.get('responder-spi', '')}"))
     return out
 
 
@@ -229,6 +233,76 @@ def drop_deleted_children(v: Any, sas: Sequence[IkeSa], timeout: float) -> int:
     for child in stale:
         terminate(v, {"child-id": child.uniqueid}, timeout)
     return len(stale)
+
+
+# --------------------------------------------------------------------------- in sync?
+UNSYNCED = "unsynced"  # the state-dir mark: since when (time.time()) the standby's copies differ
+DIGEST = "digest"  # the state-dir mark: the digest the promoted node published last
+OUT_OF_SYNC_AFTER = 10.0  # seconds a difference must last (a sync, or the next publish, takes a moment)
+
+
+def digest(sas: Sequence[IkeSa]) -> str:
+    """What the active node holds, or its copy on the standby (same SPIs): a short hash."""
+    import hashlib
+
+    items = sorted(f"{s.spis}:{','.join(sorted(c.spis for c in s.installed))}" for s in sas)
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+def _attribute(instance: str) -> str:
+    return "ipsec-vip-sync-" + instance.split(":", 1)[0]
+
+
+def publish(instance: str, value: str | None) -> None:
+    """The promoted node's digest as a transient node attribute (pacemaker-attrd; None deletes)."""
+    _attrd(["-n", _attribute(instance), *(["-D"] if value is None else ["-U", value, "-p"])])
+
+
+def peer_digest(instance: str, me: str) -> str | None:
+    """The digest another node published, or None (none published, attrd not answering)."""
+    out = _attrd(["-n", _attribute(instance), "-Q", "-A"])
+    for line in (out or "").splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        host, value = fields.get("host", "").strip('"'), fields.get("value", "").strip('"')
+        if host and host != me and value:
+            return value
+    return None
+
+
+def _attrd(args: list[str]) -> str | None:
+    """attrd_updater without the agent's OCF_* environment: given OCF_RESKEY_CRM_meta_on_node it
+    answers a query for this node only, even with --all."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCF_")}
+    try:
+        p = subprocess.run(["attrd_updater", *args], capture_output=True, text=True, timeout=10, check=False,
+                           env=env)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("attrd_updater: %s", e)
+        return None
+    if p.returncode != 0:
+        if "-Q" not in args:
+            log.warning("attrd_updater failed: %s", (p.stderr or p.stdout).strip()[:200])
+        return None
+    return p.stdout
+
+
+def in_sync(states: StateDir, instance: str, mine: str, peer: str | None) -> bool:
+    """Compare the standby's copies with the promoted node's digest; a difference lasting
+    OUT_OF_SYNC_AFTER seconds means the standby missed syncs (link down, peer's plugin gone)."""
+    if peer is None or peer == mine:
+        states.set_mark(instance, UNSYNCED, None)
+        return True
+    since = states.mark(instance, UNSYNCED)
+    try:
+        first = float(since) if since else None
+    except ValueError:
+        first = None
+    if first is None:
+        states.set_mark(instance, UNSYNCED, repr(time.time()))
+        return True
+    return time.time() - first < OUT_OF_SYNC_AFTER
 
 
 # --------------------------------------------------------------------------- promotion score
@@ -364,6 +438,7 @@ class Status(NamedTuple):
     promoted: bool
     sync: Sync
     health: control.Health
+    digest: str = ""
 
 
 def check(params: Params, instance: str, record: Record, states: StateDir, level: int,
@@ -377,11 +452,12 @@ def check(params: Params, instance: str, record: Record, states: StateDir, level
         return Status(promoted, Sync(0, 0, 0), health)
     uri, interface = control.target(record, params)
     with Vici(uri, timeout=deadline.left()) as v:
-        sync = summary(ours(v, record.conns, deadline.left()))
+        sas = ours(v, record.conns, deadline.left())
+    sync = summary(sas)
     if promoted:
         if not vipmod.held(params.vip, interface):
             raise FailedPromoted(f"promoted but VIP {params.vip} is not held by this node")
         if sync.passive:
             raise FailedPromoted(f"promoted but {sync.passive} IKE_SA(s) are PASSIVE here: the peer took the "
                                  "segment (both nodes promoted?)")
-    return Status(promoted, sync, health)
+    return Status(promoted, sync, health, digest([s for s in sas if s.passive != promoted]))

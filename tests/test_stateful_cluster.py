@@ -211,6 +211,37 @@ def test_ten_moves_leave_nothing_stale(cl):
         assert len(sas) == 1 and len(sas[0]["child-sas"]) == 1, sas
 
 
+def test_sync_link_cut_shows_and_heals(cl):
+    """The sync link to the standby cut while its copies go stale (the client rekeys): the
+    standby's monitor fails (one reason) once the difference lasts; with the link back,
+    Pacemaker's restart of the instance resyncs it, and a takeover keeps the client's SA."""
+    h = promoted(cl)
+    s = other(cl, h)
+    wait_settled(cl, h)
+    standby = cl.nodes[s]
+    standby.on("nft", "-f", "-", stdin="table inet cut {\n chain in {\n  type filter hook input priority 0;\n"
+               "  udp dport 4510 drop\n }\n}\n")
+    try:
+        assert cl.stock is not None
+        with cl.stock.vici() as v:
+            v.rekey({"child": "home"})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and f"vpn_monitor_2000@{s}" not in cl.failed_actions():
+            time.sleep(0.5)
+        assert f"vpn_monitor_2000@{s}" in cl.failed_actions(), cl.failed_actions()
+        reason = standby.on("crm_mon", "-1", "--output-as=xml").stdout
+        assert "not in sync with the promoted node" in reason
+    finally:
+        standby.on("nft", "delete", "table", "inet", "cut", check=False)
+    wait_settled(cl, h, timeout=90)
+    cl.nodes[h].on("pcs", "resource", "cleanup")
+    wait_settled(cl, h)
+    n = cl.nodes[h]
+    measure(cl, "move after a healed cut", lambda: n.on("pcs", "resource", "move", CLONE, s, "--promoted"), s)
+    n.on("pcs", "resource", "clear", CLONE)
+    wait_settled(cl, s)
+
+
 @pytest.fixture(scope="module")
 def crmcl() -> Iterator[cluster.Cluster]:
     from tests.test_failover import _need_root
