@@ -186,6 +186,7 @@ def demote(env: ocf.Env) -> int:
     states = StateDir()
     log.info("%s", hasync.demote(params, env.instance, states, _deadline(env)))
     _unpublish(env, states)
+    states.set_mark(env.instance, hasync.UNSYNCED, None)  # the standby's comparison starts afresh
     _score(env, states, hasync.SCORE_IN_SYNC)
     return OCF_SUCCESS
 
@@ -313,6 +314,7 @@ def _sync_check(env: ocf.Env, states: StateDir, status: hasync.Status) -> None:
     from ipsec_vip import hasync
 
     if status.promoted:
+        states.set_mark(env.instance, hasync.UNSYNCED, None)  # a difference seen while standby is history
         if states.mark(env.instance, hasync.DIGEST) != status.digest:
             hasync.publish(env.instance, status.digest)
             states.set_mark(env.instance, hasync.DIGEST, status.digest)

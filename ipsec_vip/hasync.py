@@ -238,15 +238,23 @@ def drop_deleted_children(v: Any, sas: Sequence[IkeSa], timeout: float) -> int:
 # --------------------------------------------------------------------------- in sync?
 UNSYNCED = "unsynced"  # the state-dir mark: since when (time.time()) the standby's copies differ
 DIGEST = "digest"  # the state-dir mark: the digest the promoted node published last
-OUT_OF_SYNC_AFTER = 10.0  # seconds a difference must last (a sync, or the next publish, takes a moment)
+OUT_OF_SYNC_AFTER = 15.0  # seconds a difference must last (a sync, or the next publish, takes a moment)
 
 
 def digest(sas: Sequence[IkeSa]) -> str:
-    """What the active node holds, or its copy on the standby (same SPIs): a short hash."""
+    """What the active node holds, or its copy on the standby (same SPIs): a short hash.
+
+    Children count in any state but DELETED/DESTROYING: after a rekey the active node lists the
+    old CHILD_SA as REKEYED for 5 s (delete_rekeyed_delay) while the copy, which never sees state
+    changes, lists it INSTALLED until the deletion is synced."""
     import hashlib
 
-    items = sorted(f"{s.spis}:{','.join(sorted(c.spis for c in s.installed))}" for s in sas)
+    items = sorted(f"{s.spis}:{','.join(sorted(c.spis for c in s.children if c.state not in _GONE))}"
+                   for s in sas)
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+_GONE = ("DELETED", "DESTROYING")
 
 
 def _attribute(instance: str) -> str:

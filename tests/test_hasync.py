@@ -169,6 +169,9 @@ def test_digest_is_the_same_for_an_sa_and_its_synced_copy():
     assert hasync.digest([active]) == hasync.digest([copy])
     stale = copy._replace(children=(hasync.Child("1", "rw", "INSTALLED", "o1/o2"),))
     assert hasync.digest([stale]) != hasync.digest([active])
+    rekeying = active._replace(children=(child, hasync.Child("5", "rw", "REKEYED", "o1/o2")))
+    copy_of_both = copy._replace(children=(*copy.children, hasync.Child("2", "rw", "INSTALLED", "o1/o2")))
+    assert hasync.digest([rekeying]) == hasync.digest([copy_of_both])  # the 5 s before the old one goes
 
 
 def test_peer_digest_reads_the_other_nodes_value(monkeypatch):
