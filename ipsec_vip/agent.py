@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from ipsec_vip import __version__, control, ocf
 from ipsec_vip.errors import (
@@ -32,6 +31,7 @@ from ipsec_vip.params import DEFAULT_CONFIG, DEFAULT_HA_FIFO, Params, parse
 from ipsec_vip.state import StateDir
 from ipsec_vip.vici_session import DEFAULT_SOCKET
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
 if TYPE_CHECKING:
     from ipsec_vip import hasync
 
@@ -158,7 +158,7 @@ def stop(env: ocf.Env) -> int:
         _unpublish(env, states)
         states.set_mark(env.instance, hasync.UNSYNCED, None)
         if _in_cluster(env):
-            hasync.set_score(None)
+            hasync.set_score(env.instance, None)
     else:
         log.info("%s", control.stop(params, env.instance, StateDir(), _deadline(env)))
     return OCF_SUCCESS
@@ -229,7 +229,7 @@ def _score(env: ocf.Env, states: StateDir, score: int) -> None:
 
     if not _in_cluster(env) or states.mark(env.instance, hasync.SCORE) == str(score):
         return
-    hasync.set_score(score)
+    hasync.set_score(env.instance, score)
     states.set_mark(env.instance, hasync.SCORE, str(score))
 
 

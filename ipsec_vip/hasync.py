@@ -31,7 +31,6 @@ import struct
 import termios
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
 
 from ipsec_vip import control
 from ipsec_vip import vip as vipmod
@@ -47,7 +46,17 @@ from ipsec_vip.params import DEFAULT_HA_FIFO, Params
 from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import Vici
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+
+    from ipsec_vip.runner import Result
+else:
+    from ipsec_vip.tuples import NamedTuple
+
 SEGMENT = 1
+CRM_ATTRIBUTE = "/usr/sbin/crm_attribute"
+ATTRD_UPDATER = "/usr/sbin/attrd_updater"
 PROMOTED = "promoted"  # the state-dir mark of a promoted instance
 SCORE = "score"  # the state-dir mark caching the promotion score last set
 
@@ -278,22 +287,26 @@ def peer_digest(instance: str, me: str) -> str | None:
 
 
 def _attrd(args: list[str]) -> str | None:
-    """attrd_updater without the agent's OCF_* environment: given OCF_RESKEY_CRM_meta_on_node it
-    answers a query for this node only, even with --all."""
-    import subprocess
+    """attrd_updater's output, None when it failed (logged, except a query's)."""
+    r = _run([ATTRD_UPDATER, *args])
+    if r is None or r.returncode != 0:
+        if r is not None and "-Q" not in args:
+            log.warning("attrd_updater failed: %s", (r.stderr or r.stdout).strip()[:200])
+        return None
+    return str(r.stdout)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCF_")}
+
+def _run(argv: list[str]) -> Result | None:
+    """The project's runner (fixed environment: with the agent's OCF_RESKEY_CRM_meta_on_node,
+    attrd_updater would answer a query for this node only, even with --all)."""
+    from ipsec_vip.errors import CommandError
+    from ipsec_vip.runner import Runner
+
     try:
-        p = subprocess.run(["attrd_updater", *args], capture_output=True, text=True, timeout=10, check=False,
-                           env=env)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        log.warning("attrd_updater: %s", e)
+        return Runner().run(argv, timeout=10)
+    except CommandError as e:
+        log.warning("%s", e)
         return None
-    if p.returncode != 0:
-        if "-Q" not in args:
-            log.warning("attrd_updater failed: %s", (p.stderr or p.stdout).strip()[:200])
-        return None
-    return p.stdout
 
 
 def in_sync(states: StateDir, instance: str, mine: str, peer: str | None) -> bool:
@@ -320,18 +333,12 @@ def score_for(promoted: bool, sync: Sync) -> int:
     return SCORE_IN_SYNC if sync.passive_ready else SCORE_EMPTY
 
 
-def set_score(score: int | None) -> None:
-    """``crm_attribute --promotion`` (OCF_RESOURCE_INSTANCE names the resource); None deletes."""
-    import subprocess
-
-    cmd = ["crm_attribute", "--promotion", "-q"] + (["-D"] if score is None else ["-v", str(score)])
-    try:
-        p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        log.warning("cannot set the promotion score: %s", e)
-        return
-    if p.returncode != 0:
-        log.warning("crm_attribute --promotion failed: %s", (p.stderr or p.stdout).strip()[:200])
+def set_score(instance: str, score: int | None) -> None:
+    """The clone's promotion score on this node (``crm_attribute --promotion``); None deletes."""
+    argv = [CRM_ATTRIBUTE, f"--promotion={instance.split(':', 1)[0]}", "-q"]
+    r = _run(argv + (["-D"] if score is None else ["-v", str(score)]))
+    if r is not None and r.returncode != 0:
+        log.warning("crm_attribute --promotion failed: %s", (r.stderr or r.stdout).strip()[:200])
 
 
 # --------------------------------------------------------------------------- the actions

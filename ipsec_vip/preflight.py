@@ -26,6 +26,7 @@ from ipsec_vip.vici_session import Vici
 OK, WARN, FAIL = "ok", "warn", "fail"
 SWANCTL_CONF = "/etc/swanctl/swanctl.conf"
 STRONGSWAN_CONF = "/etc/strongswan.conf"
+PING = next((p for p in ("/usr/bin/ping", "/bin/ping") if os.path.exists(p)), "/usr/bin/ping")
 IP = next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip", "/usr/bin/ip") if os.path.exists(p)), "/usr/sbin/ip")
 UNSHARE = next((p for p in ("/usr/bin/unshare", "/bin/unshare") if os.path.exists(p)), "/usr/bin/unshare")
 PSK_MIN_CHARS = 32
@@ -508,14 +509,14 @@ def check_ha(ctx: Context) -> list[Finding]:
                            "connections' loading and can leave duplicate passive SAs",
                            "set resync = no (the agent resyncs a rejoining node)"))
     local, remote = ha.get("local", ""), ha.get("remote", "")
-    out += _ha_addresses(where, local, remote)
+    out += _ha_addresses(ctx, where, local, remote)
     if not out:
         out.append(Finding("ha", OK, f"{where}: monitor = no, one segment, FIFO, secret, local {local}, "
                            f"peer {remote} answers"))
     return out
 
 
-def _ha_addresses(where: str, local: str, remote: str) -> list[Finding]:
+def _ha_addresses(ctx: Context, where: str, local: str, remote: str) -> list[Finding]:
     import ipaddress
 
     from ipsec_vip import vip as vipmod
@@ -534,9 +535,12 @@ def _ha_addresses(where: str, local: str, remote: str) -> list[Finding]:
     except ValueError:
         return [*out, Finding("ha", FAIL, f"{where}: remote {remote!r} is not an address",
                               "set remote = the peer's address on the sync link")]
-    p = subprocess.run(["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", remote], capture_output=True,
-                       text=True, check=False, env=_ENV, timeout=10)
-    if p.returncode != 0:
+    try:
+        answered = ctx.runner.run([PING, "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", remote],
+                                  timeout=10).returncode == 0
+    except CommandError as e:
+        return [*out, Finding("ha", WARN, f"{where}: cannot ping the peer {remote}: {e}", "install iputils-ping")]
+    if not answered:
         out.append(Finding("ha", FAIL, f"{where}: the peer {remote} does not answer on the sync link",
                            "check the link and the firewall (the plugin uses UDP 4510)"))
     return out
