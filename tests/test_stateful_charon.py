@@ -21,9 +21,6 @@ PROMOTABLE = {"OCF_RESKEY_CRM_meta_promotable": "true"}
 
 @pytest.fixture(scope="module")
 def halab(tmp_path_factory) -> Iterator[dict[str, Any]]:
-    from tests.conftest import _need_root
-
-    _need_root()
     d = tmp_path_factory.mktemp("stateful")
     conf = d / "swanctl.conf"
     conf.write_text(lab.GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})

@@ -34,9 +34,6 @@ def gateway_conf() -> str:
 
 @pytest.fixture(scope="module")
 def cl() -> Iterator[cluster.Cluster]:
-    from tests.test_failover import _need_root
-
-    _need_root()
     c = cluster.Cluster.build(("gw1", "gw2"), ha=True)
     try:
         conf = c.work / "swanctl.conf"
@@ -244,9 +241,6 @@ def test_sync_link_cut_shows_and_heals(cl):
 
 @pytest.fixture(scope="module")
 def crmcl() -> Iterator[cluster.Cluster]:
-    from tests.test_failover import _need_root
-
-    _need_root()
     c = cluster.Cluster.build(("gw1", "gw2"), ha=True)
     try:
         conf = c.work / "swanctl.conf"
