@@ -213,7 +213,7 @@ def _measure_both(c: cluster.Cluster, event: Callable[[], object], to: str) -> d
                                       if s["name"] == "home"]
 
     before = {k: spis(ch) for k, (ch, _) in clients.items()}
-    probes = {k: cluster.Probe(c.work, client=ns) for k, (_, ns) in clients.items()}
+    probes = {k: cluster.Probe(c.work, netns=lab.PREFIX + ns) for k, (_, ns) in clients.items()}
     try:
         for p in probes.values():
             p.wait_flowing(time.monotonic() - 5, timeout=20)

@@ -78,7 +78,7 @@ def _connect(lb: lab.Lab, n: int, log: Any, timeout: float = 600) -> None:
     with lb.client.vici() as s:
         s.load_shared({"id": "home-psk", "type": "IKE", "data": PSK, "owners": []})
         for i in range(n):
-            conn = lab.stock_client_conn(identity=f"c{i:05d}@example.com")
+            conn = lab.stock_conn(f"c{i:05d}@example.com")
             s.load_conn({f"home{i}": conn["home"]})
         for i in range(n):  # one after the other: charon blocks a peer with > 5 half-open IKE_SAs
             for _ in s.initiate({"child": "home", "ike": f"home{i}", "timeout": "20000"}):

@@ -351,7 +351,7 @@ def start(params: Params, instance: str, states: StateDir, deadline: control.Dea
         check_fifo(params.ha_fifo)
     except ViciUnreachable:
         pass  # control.start explains it
-    return control.start(params._replace(start_without_vip=True), instance, states, deadline)
+    return control.start(params._replace(start_without_vip=True, handoff="none"), instance, states, deadline)
 
 
 def promote(params: Params, instance: str, states: StateDir, deadline: control.Deadline) -> str:

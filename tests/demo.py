@@ -172,7 +172,7 @@ def main_stateful() -> int:
             if to == holder:
                 c.nodes[holder].on("pcs", "node", "unstandby", holder)
                 _wait_copy(c, holder)
-            probe = cluster.Probe(c.work, client="stock")
+            probe = cluster.Probe(c.work, netns=lab.PREFIX + "stock")
             try:
                 probe.wait_flowing(time.monotonic() - 5, timeout=15)
                 arrival = cluster.VipArrival(c.nodes[to])

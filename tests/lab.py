@@ -414,19 +414,6 @@ def ha_settings(local: str, remote: str) -> str:
     return "  plugins {\n" + ha_section(local, remote) + "  }\n"
 
 
-def stock_client_conn(vip: str = VIP, identity: str = "client1@example.com",
-                      server_id: str = "vpn.example.com") -> dict[str, Any]:
-    """A road-warrior client as fleets run them: strongSwan's defaults (no DPD, close_action none)."""
-    return {
-        "home": {
-            "version": "2", "remote_addrs": [vip], "vips": ["0.0.0.0"],
-            "local": {"auth": "psk", "id": identity},
-            "remote": {"auth": "psk", "id": server_id},
-            "children": {"home": {"remote_ts": ["198.51.100.0/24"]}},
-        }
-    }
-
-
 def client_conn(vip: str = VIP, identity: str = "client1@example.com",
                 server_id: str = "vpn.example.com") -> dict[str, Any]:
     """A road-warrior client with the settings the README recommends."""
@@ -444,7 +431,7 @@ def client_conn(vip: str = VIP, identity: str = "client1@example.com",
 def client_load(client: Charon, psk: str, stock: bool = False, **kw: Any) -> None:
     with client.vici() as s:
         s.load_shared({"id": "home-psk", "type": "IKE", "data": psk, "owners": []})
-        s.load_conn(stock_client_conn(**kw) if stock else client_conn(**kw))
+        s.load_conn(stock_conn(**kw) if stock else client_conn(**kw))
 
 
 def client_initiate(client: Charon, timeout_ms: int = 5000) -> bool:

@@ -122,7 +122,7 @@ def test_start_promote_move_and_back(halab):
     ok(act(env, "gw1", "promote"))
     assert act(env, "gw1", "monitor").rc == 8
 
-    lab.client_load(lb.client, PSK, stock=True)
+    lab.client_load(lb.client, PSK, stock=True, identity="client1@example.com")
     assert lab.client_initiate(lb.client)
     first = client_ike(lb)
     assert len(first) == 1
@@ -235,7 +235,8 @@ def test_a_rekey_charon_refuses(halab, tmp_path):
     env, lb = halab, halab["lab"]
     active = next(gw for gw in ("gw1", "gw2") if act(env, gw, "monitor").rc == 8)
     new = "gw2" if active == "gw1" else "gw1"
-    proxy = Proxy(tmp_path / "refusing.vici", lb.gateways[new].vici_path, answers={"rekey": {"success": "no", "errmsg": "rekey refused by test"}})
+    proxy = Proxy(tmp_path / "refusing.vici", lb.gateways[new].vici_path,
+                  answers={"rekey": {"success": "no", "errmsg": "rekey refused by test"}})
     try:
         ok(act(env, new, "stop"))
         ok(act(env, new, "start", uri=proxy.uri))

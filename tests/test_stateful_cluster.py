@@ -114,7 +114,7 @@ def measure(c: cluster.Cluster, label: str, event: Callable[[], None], new: str,
     clients = {"stock": (c.stock, "stock"), "tuned": (c.client, "client")}
     before = {k: client_spis(ch) for k, (ch, _) in clients.items()}
     assert all(len(v) == 1 for v in before.values()), before
-    probes = {k: cluster.Probe(c.work, client=ns) for k, (_, ns) in clients.items()}
+    probes = {k: cluster.Probe(c.work, netns=lab.PREFIX + ns) for k, (_, ns) in clients.items()}
     try:
         for p in probes.values():
             p.wait_flowing(time.monotonic() - 5, timeout=15)
