@@ -252,7 +252,7 @@ def test_a_rekey_charon_refuses(halab, tmp_path):
         assert r.rc == 1 and "Traceback" not in r.stderr
         assert r.reasons == [r.reasons[-1]] and "rekey refused by test" in r.reasons[-1]
         assert act(env, new, "monitor", uri=proxy.uri).rc == 8
-        proxy.refuse.clear()
+        proxy.answers.clear()
         ok(act(env, new, "promote", uri=proxy.uri))
         flows(lb)
         assert traffic(lb)
