@@ -72,3 +72,22 @@ def test_the_lab_runs_the_handoff_docs_recipes():
     lab_crm = [_norm(line) for line in cluster.crm_configure("/x.conf").replace("\\\n", " ").splitlines()]
     missing = [r for r in crm if not any(x == r or x.startswith(r + " ") for x in lab_crm)]
     assert crm and not missing, missing
+
+
+def _recipe(block: str, prefix: str) -> list[str]:
+    return [_norm(c) for c in re.split(rf"\n(?={prefix})", block.replace("\\\n", " ")) if c.startswith(prefix)]
+
+
+def test_the_lab_runs_the_stateful_recipes():
+    """README's and docs/stateful.md's promotable recipes are what tests/cluster.py runs, but for
+    the lab's own monitor intervals, nic= and its inside VIP (vpn-backvip)."""
+    lab = [_norm(shlex.join(c)) for c in cluster.pcs_stateful_commands("/x.conf", "vpn.xml")]
+    lab = [x for x in lab if "vpn-backvip" not in x]
+    readme = _recipe(_blocks("## Stateful failover")[0], "pcs ")
+    docs = (ROOT / "docs" / "stateful.md").read_text()
+    pcs_doc = re.findall(r"```\n(.*?)```", docs.split("## pcs", 1)[1], re.S)[0]
+    assert readme == lab and _recipe(pcs_doc, "pcs ") == lab
+    crm_doc = re.findall(r"```\n(.*?)```", docs.split("## crm", 1)[1], re.S)[0]
+    crm = [_norm(line) for line in crm_doc.replace("\\\n", " ").splitlines()]
+    lab_crm = [_norm(line) for line in cluster.crm_stateful_configure("/x.conf").replace("\\\n", " ").splitlines()]
+    assert crm and not [line for line in crm if line not in lab_crm]
