@@ -57,7 +57,11 @@ META = ocf.MetaData(
         "never tells a client to reconnect while this node would still answer it: with "
         "handoff=redirect (default) it first drops new IKE_SA_INIT to the VIP here, then "
         "REDIRECTs each client to the VIP, so it reconnects through the next holder; SAs "
-        "left here are terminated once the VIP is gone (nothing can be sent then)."
+        "left here are terminated once the VIP is gone (nothing can be sent then). Created as "
+        "a promotable clone (stateful mode, two nodes with strongSwan's ha plugin), every node "
+        "loads the connections, the VIP's holder is promoted and takes over the synced SAs, so "
+        "clients keep them across a move or a crash; colocate the VIP with the Promoted role and "
+        "start it before the promote."
     ),
     parameters=(
         ocf.Parameter("vip", "Floating IP address",
