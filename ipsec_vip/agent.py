@@ -33,7 +33,13 @@ from ipsec_vip.vici_session import DEFAULT_SOCKET
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
     from ipsec_vip import hasync
+    from ipsec_vip.state import Record
+
+    T = TypeVar("T")
 
 DEFAULT_TIMEOUT = {"start": 30, "stop": 30, "monitor": 20, "validate-all": 20, "promote": 30, "demote": 30,
                    "notify": 20}
@@ -237,9 +243,9 @@ def _score(env: ocf.Env, states: StateDir, score: int) -> None:
     states.set_mark(env.instance, hasync.SCORE, str(score))
 
 
-def monitor(env: ocf.Env) -> int:
-    if env.promotable:
-        return _monitor_stateful(env)
+def _observe(env: ocf.Env, look: Callable[[Params, Record, StateDir, control.Deadline], T]) -> tuple[StateDir, T] | int:
+    """What both monitors share: 7 wherever nothing of ours is started (a probe: also wherever
+    nothing can be looked at), else ``look`` at the started instance under the shared lock."""
     try:
         params = _params(env)
     except ConfigError:
@@ -255,12 +261,22 @@ def monitor(env: ocf.Env) -> int:
             record = control.read_record(params, env.instance, states)
             if record is None:
                 return OCF_NOT_RUNNING
-            health = control.check(params, record, env.check_level, deadline)
+            return states, look(params, record, states, deadline)
     except (ViciError, StateError) as e:
         if env.is_probe:  # charon frozen or broken: a probe says "not running", never "failed"
             log.warning("probe: %s", e)
             return OCF_NOT_RUNNING
         raise
+
+
+def monitor(env: ocf.Env) -> int:
+    if env.promotable:
+        return _monitor_stateful(env)
+    seen = _observe(env, lambda params, record, _states, deadline:
+                    control.check(params, record, env.check_level, deadline))
+    if isinstance(seen, int):
+        return seen
+    health = seen[1]
     if not health.running:
         if env.is_probe:
             return OCF_NOT_RUNNING
@@ -278,27 +294,11 @@ def _monitor_stateful(env: ocf.Env) -> int:
     promotion score so a standby without synced state never beats one in sync."""
     from ipsec_vip import hasync
 
-    try:
-        params = _params(env)
-    except ConfigError:
-        if env.is_probe:
-            return OCF_NOT_RUNNING
-        raise
-    states = StateDir()
-    deadline = _deadline(env)
-    try:
-        if not states.started(env.instance):
-            return OCF_NOT_RUNNING
-        with states.lock(deadline.left(), shared=True):
-            record = control.read_record(params, env.instance, states)
-            if record is None:
-                return OCF_NOT_RUNNING
-            status = hasync.check(params, env.instance, record, states, env.check_level, deadline)
-    except (ViciError, StateError) as e:
-        if env.is_probe:
-            log.warning("probe: %s", e)
-            return OCF_NOT_RUNNING
-        raise
+    seen = _observe(env, lambda params, record, states, deadline:
+                    hasync.check(params, env.instance, record, states, env.check_level, deadline))
+    if isinstance(seen, int):
+        return seen
+    states, status = seen
     health = status.health
     if not health.running or health.problems:
         if env.is_probe and not health.running:

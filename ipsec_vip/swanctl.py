@@ -356,15 +356,20 @@ def files(path: str) -> dict[str, bool]:
     return found
 
 
-def load(path: str) -> SwanctlConfig:
-    """Read a swanctl.conf-format file into VICI message bodies."""
-    path = os.path.abspath(path)
+def _tree(path: str) -> _Tree:
+    """The whole file ``path`` (absolute), includes followed, as a tree of sections."""
     root = _Section("")
     try:
         _Parser(path, _read(path), (os.path.realpath(path),)).parse(root)
     except RecursionError:
         raise ConfigError(f"{path}: sections nested too deeply") from None
-    tree = _Tree(root, path)
+    return _Tree(root, path)
+
+
+def load(path: str) -> SwanctlConfig:
+    """Read a swanctl.conf-format file into VICI message bodies."""
+    path = os.path.abspath(path)
+    tree = _tree(path)
     confdir = os.path.dirname(path)  # swanctl --file resolves relative certs beside the file
     try:
         conns = {name: _message(tree, chain, f"{path}: connections.{name}", confdir)
@@ -382,14 +387,8 @@ def load(path: str) -> SwanctlConfig:
 def settings(path: str, section: str) -> dict[str, str] | None:
     """The settings of the dotted ``section`` (e.g. ``charon.plugins.ha``) of a file in this
     grammar (strongswan.conf is one, includes and all); None when the section is absent."""
-    path = os.path.abspath(path)
-    root = _Section("")
-    try:
-        _Parser(path, _read(path), (os.path.realpath(path),)).parse(root)
-    except RecursionError:
-        raise ConfigError(f"{path}: sections nested too deeply") from None
-    tree = _Tree(root, path)
-    chain: list[_Section] = [root]
+    tree = _tree(os.path.abspath(path))
+    chain: list[_Section] = [tree.root]
     for part in section.split("."):
         chain = tree.subsections(chain).get(part, [])
         if not chain:
