@@ -41,10 +41,12 @@ def frozen_env(gwlab, tmp_path):
         gw.clear()
 
 
-def run(env, action: str, timeout_ms: int = 5000, interval: str = "10000") -> tuple[lab.Result, float]:
+def run(env, action: str, timeout_ms: int = 5000, interval: str = "10000", promotable: str = "",
+        ) -> tuple[lab.Result, float]:
     t0 = time.monotonic()
+    meta = {"OCF_RESKEY_CRM_meta_promotable": promotable} if promotable else {}
     r = lab.agent(action, env["params"], netns=env["lab"].ns("gw1"), rsctmp=env["rsctmp"],
-                  OCF_RESKEY_CRM_meta_timeout=str(timeout_ms), OCF_RESKEY_CRM_meta_interval=interval)
+                  OCF_RESKEY_CRM_meta_timeout=str(timeout_ms), OCF_RESKEY_CRM_meta_interval=interval, **meta)
     return r, time.monotonic() - t0
 
 
@@ -444,3 +446,21 @@ def test_config_renamed_between_start_and_stop(frozen_env):
     r, _ = run(frozen_env, "stop")
     assert r.rc == 0, r.stderr
     assert _nothing_loaded(gw)
+
+
+# --------------------------------------------------------------------------- stateful mode without the ha plugin
+def test_promotable_start_on_a_real_charon_without_the_ha_plugin(frozen_env, tmp_path):
+    """The lab's ordinary charon loads no ha plugin: a promotable clone's start says so with 5 and
+    loads nothing, and its probe stays 7 (the fakes in test_hasync cover the FIFO cases)."""
+    gw = frozen_env["gw"]
+    fifo = tmp_path / "charon.ha"
+    os.mkfifo(fifo)
+    frozen_env["params"]["ha_fifo"] = str(fifo)
+    try:
+        r, _ = run(frozen_env, "start", promotable="true")
+        assert r.rc == 5, r.stderr
+        assert len(r.reasons) == 1 and "no 'ha' plugin" in r.reasons[0] and "Traceback" not in r.stderr
+        assert _nothing_loaded(gw)
+        assert run(frozen_env, "monitor", interval="0", promotable="true")[0].rc == 7
+    finally:
+        del frozen_env["params"]["ha_fifo"]
