@@ -85,20 +85,8 @@ def test_nft_drop_policy_fails_and_the_printed_rules_fix_it(ns):
 
 
 def test_nft_sets_jumps_and_source_restrictions(ns):
-    nft(ns, """
-table inet filter {
-    set ike { type inet_service; elements = { 500, 4500 } }
-    chain input {
-        type filter hook input priority 0; policy drop;
-        ct state invalid drop
-        udp dport @ike counter accept
-        jump vpn
-    }
-    chain vpn {
-        ip saddr 203.0.113.0/24 meta l4proto esp accept
-    }
-}
-""")
+    (_nft, _f, _stdin, ruleset), = firewall_cases.CASES["nft-sets-jumps-sources"]  # the recorded case
+    nft(ns, ruleset)
     findings, _ = firewall(ns)
     lv = levels(findings)
     assert lv["UDP 500 (IKE), IPv4"] == lv["UDP 4500 (NAT-T), IPv4"] == "ok"
