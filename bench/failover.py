@@ -251,35 +251,18 @@ def _wait_in_sync(c: cluster.Cluster, node: str, clients: int, timeout: float = 
 
 def run_stateful(reps: int, log: Any) -> dict[str, Any]:
     """Stateful mode (docs/stateful.md's pcs recipe): standby and holder crash, stock and tuned client."""
-    from tests.test_stateful_cluster import CLIENTS, gateway_conf
-
     t0 = time.monotonic()
     log("  building the two-node cluster with the ha plugin (corosync token 1000 ms)")
     c = cluster.Cluster.build(("gw1", "gw2"), token_ms=1000, ha=True)
     result: dict[str, Any] = {"token_ms": 1000, "reps": reps, "rows": []}
     try:
-        conf = c.work / "swanctl.conf"
-        conf.write_text(gateway_conf())
-        conf.chmod(0o600)
-        for cmd in cluster.pcs_stateful_commands(str(conf), str(c.work / "stateful-cib.xml")):
-            c.nodes["gw1"].on(*cmd)
-        h = c.wait_any("vpn-vip")
-        c.wait_promoted("vpn-clone", h)
-        if c.client is None or c.stock is None:
-            raise RuntimeError("the lab has no clients")
-        from tests.test_stateful_cluster import PSK as STATEFUL_PSK
-
-        lab.client_load(c.client, STATEFUL_PSK, identity=CLIENTS["tuned"])
-        lab.client_load(c.stock, STATEFUL_PSK, stock=True, identity=CLIENTS["stock"])
-        for client in (c.client, c.stock):
-            if not lab.client_initiate(client):
-                raise RuntimeError("a client could not connect")
+        cluster.start_stateful(c)
         runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for scenario in ("planned move", "holder crash"):
             for i in range(reps):
                 h = _holder(c)
                 o = next(n for n in c.nodes if n != h)
-                _wait_in_sync(c, o, len(CLIENTS))
+                _wait_in_sync(c, o, len(cluster.STATEFUL_CLIENTS))
                 log(f"    stateful {scenario} {i + 1}/{reps}: {h} -> {o}")
                 if scenario == "planned move":
                     got = _measure_both(c, lambda h=h: c.nodes[h].on("pcs", "node", "standby", h), o)

@@ -623,3 +623,42 @@ colocation vpn-backvip-with-promoted inf: vpn-backvip vpn-clone:Promoted
 order vpn-backvip-before-promote Mandatory: vpn-backvip:start vpn-clone:promote
 commit
 """
+
+
+STATEFUL_PSK = "stateful-cluster-psk-Vb7nM3qK9tR2wX6yZ4cF8"
+STATEFUL_CLIENTS = {"stock": "client2@example.com", "tuned": "client1@example.com"}
+
+
+def stateful_conf() -> str:
+    """lab.GATEWAY_CONF plus the stock client's secret."""
+    conf = lab.GATEWAY_CONF % {"vip": lab.VIP, "psk": STATEFUL_PSK}
+    second = (f'    ike-client2 {{\n        id-gw = vpn.example.com\n        id-client = {STATEFUL_CLIENTS["stock"]}\n'
+              f'        secret = "{STATEFUL_PSK}"\n    }}\n')
+    return conf.replace("secrets {\n", "secrets {\n" + second, 1)
+
+
+def start_stateful(c: Cluster, recipe: str = "pcs", clients: tuple[str, ...] = ("tuned", "stock"),
+                   show: Any = None) -> str:
+    """Configure a cluster built with ``ha=True`` by docs/stateful.md's ``recipe`` (pcs or crm;
+    ``show`` sees each pcs command first), wait for the Promoted instance, connect ``clients``;
+    returns the promoted node."""
+    conf = c.work / "swanctl.conf"
+    conf.write_text(stateful_conf())
+    conf.chmod(0o600)
+    if recipe == "crm":
+        c.nodes["gw1"].on("crm", "configure", stdin=crm_stateful_configure(str(conf)))
+    else:
+        for cmd in pcs_stateful_commands(str(conf), str(c.work / "stateful-cib.xml")):
+            if show is not None:
+                show(cmd)
+            c.nodes["gw1"].on(*cmd)
+    first = c.wait_any("vpn-vip")
+    c.wait_promoted("vpn-clone", first)
+    for kind in clients:
+        client = c.stock if kind == "stock" else c.client
+        if client is None:
+            raise RuntimeError(f"the lab has no {kind} client")
+        lab.client_load(client, STATEFUL_PSK, stock=kind == "stock", identity=STATEFUL_CLIENTS[kind])
+        if not lab.client_initiate(client):
+            raise RuntimeError(f"the {kind} client could not connect at all")
+    return first

@@ -133,29 +133,15 @@ def main() -> int:
 
 def main_stateful() -> int:
     """Stateful mode (docs/stateful.md): a stock client keeps its IKE_SA through a standby and a crash."""
-    from tests.test_stateful_cluster import CLIENTS, gateway_conf
-    from tests.test_stateful_cluster import PSK as STATEFUL_PSK
-
     t_start = time.monotonic()
     say("stateful mode: 2 gateway nodes with strongSwan's ha plugin, a stock client (no DPD), a server")
     c = with_progress("cluster forming", lambda: cluster.Cluster.build(("gw1", "gw2"), ha=True))
     rows: list[tuple[str, float, float, bool]] = []
     ok = True
     try:
-        conf = c.work / "swanctl.conf"
-        conf.write_text(gateway_conf())
-        conf.chmod(0o600)
         say("configuring with docs/stateful.md's pcs commands (promotable clone, VIP with the Promoted one)")
-        for cmd in cluster.pcs_stateful_commands(str(conf), str(c.work / "cib.xml")):
-            print("    " + " ".join(cmd), flush=True)
-            c.nodes["gw1"].on(*cmd)
-        holder = c.wait_any("vpn-vip")
-        c.wait_promoted("vpn-clone", holder)
-        if c.stock is None:
-            raise RuntimeError("the lab has no stock client")
-        lab.client_load(c.stock, STATEFUL_PSK, stock=True, identity=CLIENTS["stock"])
-        if not lab.client_initiate(c.stock):
-            raise RuntimeError("the stock client could not connect")
+        holder = cluster.start_stateful(c, clients=("stock",),
+                                        show=lambda cmd: print("    " + " ".join(cmd), flush=True))
         other = next(n for n in c.nodes if n != holder)
 
         def spis() -> tuple[str, str]:

@@ -18,36 +18,16 @@ from tests import cluster, lab
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow]
 
-PSK = "stateful-cluster-psk-Vb7nM3qK9tR2wX6yZ4cF8"
 CLONE, VIPS = "vpn-clone", "vpn-vip"
 GAPS: list[tuple[str, str, float, float]] = []  # (event, client, gap, VIP moved after)
-CLIENTS = {"stock": "client2@example.com", "tuned": "client1@example.com"}
-
-
-def gateway_conf() -> str:
-    """lab.GATEWAY_CONF plus the stock client's secret."""
-    conf = lab.GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK}
-    second = (f'    ike-client2 {{\n        id-gw = vpn.example.com\n        id-client = {CLIENTS["stock"]}\n'
-              f'        secret = "{PSK}"\n    }}\n')
-    return conf.replace("secrets {\n", "secrets {\n" + second, 1)
+CLIENTS = cluster.STATEFUL_CLIENTS
 
 
 @pytest.fixture(scope="module")
 def cl() -> Iterator[cluster.Cluster]:
     c = cluster.Cluster.build(("gw1", "gw2"), ha=True)
     try:
-        conf = c.work / "swanctl.conf"
-        conf.write_text(gateway_conf())
-        conf.chmod(0o600)
-        for cmd in cluster.pcs_stateful_commands(str(conf), str(c.work / "stateful-cib.xml")):
-            c.nodes["gw1"].on(*cmd)
-        first = c.wait_any(VIPS)
-        c.wait_promoted(CLONE, first)
-        assert c.client is not None and c.stock is not None
-        lab.client_load(c.client, PSK, identity=CLIENTS["tuned"])
-        lab.client_load(c.stock, PSK, stock=True, identity=CLIENTS["stock"])
-        for client in (c.client, c.stock):
-            assert lab.client_initiate(client), "client could not connect at all"
+        first = cluster.start_stateful(c)
         wait_in_sync(c, other(c, first))
         yield c
     finally:
@@ -243,17 +223,7 @@ def test_sync_link_cut_shows_and_heals(cl):
 def crmcl() -> Iterator[cluster.Cluster]:
     c = cluster.Cluster.build(("gw1", "gw2"), ha=True)
     try:
-        conf = c.work / "swanctl.conf"
-        conf.write_text(gateway_conf())
-        conf.chmod(0o600)
-        c.nodes["gw1"].on("crm", "configure", stdin=cluster.crm_stateful_configure(str(conf)))
-        first = c.wait_any(VIPS)
-        c.wait_promoted(CLONE, first)
-        assert c.client is not None and c.stock is not None
-        lab.client_load(c.client, PSK, identity=CLIENTS["tuned"])
-        lab.client_load(c.stock, PSK, stock=True, identity=CLIENTS["stock"])
-        for client in (c.client, c.stock):
-            assert lab.client_initiate(client)
+        first = cluster.start_stateful(c, "crm")
         wait_in_sync(c, other(c, first))
         yield c
     finally:
