@@ -44,7 +44,7 @@ test-fast: venv
 	$(VENV)/bin/pytest -m "$(FAST_TESTS)" $(PYTEST_ARGS)
 
 demo: deps venv
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m tests.demo
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m lab.demo
 
 # benchmark table beside the peers (bench/README.md); BENCH_ARGS e.g. --failover-reps 0 --runs 30
 bench: deps venv

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests import lab
+from lab import core as lab
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -1,4 +1,4 @@
-"""Failover gaps on the two-node Pacemaker lab (tests/cluster.py): planned move (standby) and holder
+"""Failover gaps on the two-node Pacemaker lab (lab/cluster.py): planned move (standby) and holder
 crash, first with ocf:ipsec-vip:strongswan (the README's configuration, whose planned moves hand
 the clients over; a stock client is measured beside the tuned one there), then the DPD-only
 baseline: the same cluster moving only the VIPs while both nodes keep the connections loaded
@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import summary
-from tests import cluster, lab
+from lab import cluster
+from lab import core as lab
 
 PSK = "bench-failover-Hk3mQ9vT2xW7zR5nB8cD4fG6"
 STOCK_IP = "192.0.2.51"

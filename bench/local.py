@@ -1,4 +1,4 @@
-"""Measurements on one lab charon (tests/lab.py) in its own namespace, which holds the VIP:
+"""Measurements on one lab charon (lab/core.py) in its own namespace, which holds the VIP:
 the agents' actions, load throughput, watch reaction and the keepalived-notify habit."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from bench.common import (
     venv_path,
     write_private,
 )
-from tests import lab
+from lab import core as lab
 
 AGENT = ROOT / "ocf" / "strongswan"
 

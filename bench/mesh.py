@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from bench.common import ROOT, row, timeit
-from tests import lab
+from lab import core as lab
 
 NODES = 200
 NETS = {"internal_api": "172.16.2", "storage": "172.16.1", "storage_mgmt": "172.16.3"}

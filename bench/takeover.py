@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests import lab
+from lab import core as lab
 
 PSK = "bench-takeover-Qm4vK8nR2tW6yZ1xB5cD9fG3hJ7"
 POOL = "10.99.0.0/20"  # private range; room for 4094 leases

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import GW_IP, HERE, VIP, row, timeit
-from tests import lab
+from lab import core as lab
 
 RA = "/usr/lib/ocf/resource.d/heartbeat/ipsec"
 CPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -1,4 +1,4 @@
-"""Shared fixtures (real charons in network namespaces, see tests/lab.py) and the tiers' one root check.
+"""Shared fixtures (real charons in network namespaces, see lab/core.py) and the tiers' one root check.
 
 Tiers (markers declared in pyproject.toml): an unmarked test needs neither root nor a daemon and
 runs in ``make test-fast`` as an ordinary user. ``charon`` and ``cluster`` tests run daemons in
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import lab
+from lab import core as lab
 
 _IMPLY_ROOT = ("charon", "cluster")
 _DAEMON_FIXTURES = {"charon": "charon", "gwlab": "charon"}  # fixture -> the marker its users must carry

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsec_vip import firewall
-from tests import lab
+from lab import core as lab
 
 DATA = Path(__file__).parent / "data" / "firewall"
 FILES = {"nft": "nft.json", 4: "iptables-save.txt", 6: "ip6tables-save.txt"}

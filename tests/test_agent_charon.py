@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tests import lab
-from tests.lab import GATEWAY_CONF
+from lab import core as lab
+from lab.core import GATEWAY_CONF
 
 pytestmark = pytest.mark.charon
 

@@ -5,7 +5,7 @@ alone), its "Without Pacemaker" config and commands run the watch unit, its pcs 
 the resource. Then a purge leaves nothing of ours but the admin's config.
 
 The booted root (minbase + systemd + the distribution's daemons) is cached beside the minbase
-root (tests/debroot.py); the container runs with --private-network, so the VIP and the veth
+root (lab/debroot.py); the container runs with --private-network, so the VIP and the veth
 pair the tests add exist only in its own network namespace. If the container does not boot on
 this machine, every test here is skipped with the reason (console tail included).
 """
@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import nspawn, readme
-from tests.debroot import booted_tarball, run, unpack
+from lab import nspawn
+from lab.debroot import booted_tarball, run, unpack
+from tests import readme
 
 pytestmark = [pytest.mark.packaging, pytest.mark.root, pytest.mark.slow]
 

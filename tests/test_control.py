@@ -19,7 +19,7 @@ from ipsec_vip import vip as vipmod
 from ipsec_vip.errors import ConfigError, NetlinkError
 from ipsec_vip.params import Params
 from ipsec_vip.state import Record, StateDir
-from tests.lab import GATEWAY_CONF
+from lab.core import GATEWAY_CONF
 from tests.vici_fakes import FakeCharon
 
 VIP = "192.0.2.100"

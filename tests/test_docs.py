@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from ipsec_vip import exitcodes
-from tests import cluster
+from lab import cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -62,7 +62,7 @@ def test_the_lab_runs_the_readmes_crm_recipe():
 
 
 def test_the_lab_runs_the_handoff_docs_recipes():
-    """docs/handoff.md's pcs and crm recipes are what tests/cluster.py runs (lab-only options aside)."""
+    """docs/handoff.md's pcs and crm recipes are what lab/cluster.py runs (lab-only options aside)."""
     text = (ROOT / "docs" / "handoff.md").read_text()
     blocks = re.findall(r"```sh\n(.*?)```", text.split("## Pacemaker", 1)[1].split("\n## ", 1)[0], re.S)
     pcs = [_norm(c) for c in re.split(r"\n(?=pcs )", blocks[0].replace("\\\n", " ")) if c.startswith("pcs ")]
@@ -79,7 +79,7 @@ def _recipe(block: str, prefix: str) -> list[str]:
 
 
 def test_the_lab_runs_the_stateful_recipes():
-    """README's and docs/stateful.md's promotable recipes are what tests/cluster.py runs, but for
+    """README's and docs/stateful.md's promotable recipes are what lab/cluster.py runs, but for
     the lab's own monitor intervals, nic= and its inside VIP (vpn-backvip)."""
     lab = [_norm(shlex.join(c)) for c in cluster.pcs_stateful_commands("/x.conf", "vpn.xml")]
     lab = [x for x in lab if "vpn-backvip" not in x]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import lab
+from lab import core as lab
 
 pytestmark = [pytest.mark.root]
 

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import cluster, lab
+from lab import cluster
+from lab import core as lab
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import cluster, lab
+from lab import cluster
+from lab import core as lab
 from tests.test_failover import PSK, assert_clean, measure, wait_conns
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import lab
-from tests.lab import GATEWAY_CONF
+from lab import core as lab
+from lab.core import GATEWAY_CONF
 from tests.test_agent_charon import PSK
 from tests.vici_fakes import FakeServer, Proxy
 

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import firewall_cases, lab
+from lab import core as lab
+from tests import firewall_cases
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not (shutil.which("nft", path="/usr/sbin") and

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests import lab
+from lab import core as lab
 
 pytestmark = [pytest.mark.root, pytest.mark.charon, pytest.mark.slow]
 

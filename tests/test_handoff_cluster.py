@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests import cluster, lab
+from lab import cluster
+from lab import core as lab
 from tests.test_failover import holder, other, wait_conns
 from tests.test_handoff import CONF, NOREDIR_IP, PSK, STOCK_IP
 

@@ -11,7 +11,7 @@ import pytest
 
 from ipsec_vip import hasync
 from ipsec_vip.errors import IpsecVipError, NotInstalledError
-from tests import lab
+from lab import core as lab
 from tests.vici_fakes import Recorder
 
 PROMOTABLE = {"OCF_RESKEY_CRM_meta_promotable": "true"}

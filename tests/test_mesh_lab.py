@@ -1,4 +1,4 @@
-"""`ipsec-vip mesh` in a lab of real charons (tests/meshlab.py): what is encrypted is only IKE/ESP
+"""`ipsec-vip mesh` in a lab of real charons (lab/mesh.py): what is encrypted is only IKE/ESP
 on the wire, what is left in clear is clear, the VIP's tunnels follow the VIP by themselves, and
 `mesh check`/`mesh load` behave. The tests run in order on one lab."""
 
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 import vici
 
-from tests import lab
-from tests.meshlab import MARKER, NODES, TO_VIP, VIP, VIP_CONN, MeshLab, addr, cli
+from lab import core as lab
+from lab.mesh import MARKER, NODES, TO_VIP, VIP, VIP_CONN, MeshLab, addr, cli
 
 pytestmark = [pytest.mark.root, pytest.mark.charon, pytest.mark.slow]
 

@@ -13,8 +13,8 @@ import pytest
 from ipsec_vip import agent, ocf
 from ipsec_vip.errors import ConfigError, IpsecVipError, NotInstalledError
 from ipsec_vip.log import log
-from tests.lab import AGENT
-from tests.lab import agent as run_agent
+from lab.core import AGENT
+from lab.core import agent as run_agent
 
 DTD = "/usr/share/resource-agents/ra-api-1.dtd"
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from tests import lab
-from tests.lab import GATEWAY_CONF
+from lab import core as lab
+from lab.core import GATEWAY_CONF
 from tests.test_agent_charon import PSK
 
 pytestmark = pytest.mark.charon

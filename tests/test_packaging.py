@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ipsec_vip import __version__
-from tests.debroot import ENV, Chroot, base_tarball, remove_tree, run, unpack
+from lab.debroot import ENV, Chroot, base_tarball, remove_tree, run, unpack
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = "/usr/lib/ocf/resource.d/ipsec-vip/strongswan"

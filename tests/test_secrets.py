@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import lab
-from tests.lab import GATEWAY_CONF
+from lab import core as lab
+from lab.core import GATEWAY_CONF
 
 PSK = secrets.token_urlsafe(32)
 NEEDLE = PSK.encode()

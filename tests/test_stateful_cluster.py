@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests import cluster, lab
+from lab import cluster
+from lab import core as lab
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow]
 

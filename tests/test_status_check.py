@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tests import lab
-from tests.lab import GATEWAY_CONF
+from lab import core as lab
+from lab.core import GATEWAY_CONF
 
 pytestmark = pytest.mark.charon
 

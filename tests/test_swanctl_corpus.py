@@ -24,7 +24,7 @@ from vici.protocol import Message
 from ipsec_vip import swanctl
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.vici_session import Vici
-from tests import lab
+from lab import core as lab
 from tests.vici_fakes import Recorder
 
 CORPUS = Path(__file__).parent / "configs"

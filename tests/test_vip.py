@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ipsec_vip.vip import parse_vip
-from tests import lab
+from lab import core as lab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

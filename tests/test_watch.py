@@ -20,10 +20,10 @@ import pytest
 
 from ipsec_vip import cli, watch, watchconf
 from ipsec_vip.errors import ConfigError
-from tests import lab
-from tests.lab import GATEWAY_CONF
+from lab import core as lab
+from lab.core import GATEWAY_CONF
+from lab.watch import CLK_TCK, Watch, addr, conn_conf, wait_for, watch_args
 from tests.test_agent_charon import PSK, client_sa
-from tests.watchlab import CLK_TCK, Watch, addr, conn_conf, wait_for, watch_args
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "packaging" / "systemd" / "ipsec-vip-watch@.service"

@@ -17,7 +17,7 @@ from ipsec_vip import vip as vipmod
 from ipsec_vip import watch
 from ipsec_vip.params import Params
 from ipsec_vip.state import StateDir
-from tests.lab import GATEWAY_CONF
+from lab.core import GATEWAY_CONF
 from tests.vici_fakes import FakeCharon
 
 VIP = "192.0.2.100"

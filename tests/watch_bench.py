@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests import lab
-from tests.watchlab import Watch, conn_conf, watch_args
+from lab import core as lab
+from lab.watch import Watch, conn_conf, watch_args
 
 VIP = "192.0.2.100"
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests import lab
+from lab import core as lab
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_IPS = {"gw1": ("192.0.2.11", "198.51.100.11"), "gw2": ("192.0.2.12", "198.51.100.12"),

@@ -1,4 +1,4 @@
-"""A cluster encrypted by `ipsec-vip mesh` in network namespaces (root only; built on tests/lab.py).
+"""A cluster encrypted by `ipsec-vip mesh` in network namespaces (root only; built on lab/core.py).
 
 Four nodes (controller-0/1 may hold the internal_api VIP; compute-0/1), each with its own charon
 and three networks on three bridges in namespace ``mbr``: internal_api (encrypted, fail_closed),
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tests import lab
+from lab import core as lab
 
 NETS = {"internal_api": ("172.16.2", "bapi"), "storage": ("172.16.1", "bsto"), "tenant": ("172.16.0", "bten")}
 NODES = {  # name: (roles, host part, networks)

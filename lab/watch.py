@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests import lab
+from lab import core as lab
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 CLK_TCK = os.sysconf("SC_CLK_TCK")

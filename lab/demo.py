@@ -1,7 +1,7 @@
 """``make demo``: the tunnel follows the VIP, live, on real daemons (root, Debian 12).
 
 Builds two Pacemaker gateway nodes with charon, a road-warrior client and a server
-(tests/cluster.py), configures them with the README's pcs commands, then moves the
+(lab/cluster.py), configures them with the README's pcs commands, then moves the
 VIP by standby, back again, and crashes the holder, narrating each step with
 timings. Then the same in stateful mode (docs/stateful.md): a stock client keeps its
 IKE_SA through a standby and a crash. Exits 1 if the tunnel did not follow the VIP.
@@ -15,7 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests import cluster, lab
+from lab import cluster
+from lab import core as lab
 
 PSK = "demo-" + os.urandom(16).hex()
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.debroot import ENV, remove_tree, run
+from lab.debroot import ENV, remove_tree, run
 
 PREFIX = f"ipsec-vip-booted-{os.getpid()}-"
 _LEFTOVER = re.compile(r"^ipsec-vip-booted-(\d+)-")
