@@ -332,20 +332,21 @@ def check_psk_strength(ctx: Context) -> list[Finding]:
             if s.get("type") not in ("ike", "ppk") or (t.config, s["id"]) in seen:
                 continue
             seen.add((t.config, s["id"]))
-            data = s.get("data", b"")
-            binary = not all(32 <= b < 127 for b in data)
-            bits = psk_bits(data)
-            size = f"{len(data)} bytes" if binary else f"{len(data)} characters"
-            where = f"secrets.{s['id']} in {t.config}"
-            weak = bits < PSK_MIN_BITS or (not binary and len(data) < PSK_MIN_CHARS)
-            if weak:
-                why = "repeats itself or has few distinct characters" if bits == 0 else f"about {bits:.0f} bits"
-                out.append(Finding("psk", FAIL, f"{where}: weak PSK ({size}, {why})",
-                                   "replace it with the output of 'ipsec-vip psk' (43 random characters) on "
-                                   "both ends"))
-            else:
-                out.append(Finding("psk", OK, f"{where}: {size}, about {bits:.0f} bits"))
+            out.append(_psk_finding("psk", f"secrets.{s['id']} in {t.config}", s.get("data", b""),
+                                    "replace it with the output of 'ipsec-vip psk' (43 random characters) on "
+                                    "both ends"))
     return out
+
+
+def _psk_finding(name: str, where: str, data: bytes, fix: str) -> Finding:
+    """A PSK judged by its length and entropy estimate (the value is never printed)."""
+    binary = not all(32 <= b < 127 for b in data)
+    bits = psk_bits(data)
+    size = f"{len(data)} bytes" if binary else f"{len(data)} characters"
+    if bits < PSK_MIN_BITS or (not binary and len(data) < PSK_MIN_CHARS):
+        why = "repeats itself or has few distinct characters" if bits == 0 else f"about {bits:.0f} bits"
+        return Finding(name, FAIL, f"{where}: weak PSK ({size}, {why})", fix)
+    return Finding(name, OK, f"{where}: {size}, about {bits:.0f} bits")
 
 
 def include_files(path: str) -> dict[str, bool]:
@@ -497,13 +498,19 @@ def check_ha(ctx: Context) -> list[Finding]:
         out.append(Finding("ha", FAIL, f"{where}: fifo_interface is off: promote/demote cannot move the segment",
                            "set fifo_interface = yes"))
     if not ha.get("secret"):
-        out.append(Finding("ha", FAIL, f"{where}: no secret: the SA keys cross the sync link in clear",
-                           "set secret = <ipsec-vip psk> (the same on both nodes)"))
-    elif ctx.libipsec():
-        out.append(Finding("ha", FAIL, f"{where}: secret has no effect with kernel-libipsec (the plugin cannot "
-                           "route its protected sync: 'installing trap failed'), the SA keys cross the sync link "
-                           "in clear", "use kernel ESP, or a sync link nobody else can reach (a cable between the "
-                           "two nodes)"))
+        out.append(Finding("ha", FAIL, f"{where}: no secret: the SA keys cross the sync link in clear, and "
+                           "whoever can send UDP 4510 from the peer's address can forge sync messages",
+                           "set secret = <ipsec-vip psk> (the same on both nodes); limit UDP 4510 to the peer "
+                           "(docs/stateful.md)"))
+    else:
+        out += _ha_secret(ctx.strongswan_conf, where, ha["secret"])
+        if ctx.libipsec():
+            out.append(Finding("ha", FAIL, f"{where}: secret has no effect with kernel-libipsec: the plugin "
+                               "protects the sync with a transport-mode IPsec policy, which kernel-libipsec "
+                               "cannot install ('installing trap failed'); the SA keys cross the sync link in "
+                               "clear and sync messages are not authenticated",
+                               "use kernel ESP, or a sync link nobody else can reach (a cable between the two "
+                               "nodes) and the UDP 4510 rule of docs/stateful.md"))
     if ha.get("resync", "yes").lower() in _TRUE:
         out.append(Finding("ha", WARN, f"{where}: resync is on: a request 1 s after charon starts races the "
                            "connections' loading and can leave duplicate passive SAs",
@@ -513,6 +520,24 @@ def check_ha(ctx: Context) -> list[Finding]:
     if not out:
         out.append(Finding("ha", OK, f"{where}: monitor = no, one segment, FIFO, secret, local {local}, "
                            f"peer {remote} answers"))
+    return out
+
+
+def _ha_secret(conf: str, where: str, secret: str) -> list[Finding]:
+    """The problems of the ha plugin's secret: weak (judged as a PSK: it is the PSK of the plugin's
+    own IKE_SA), or in a file group or others may read (the value is never printed)."""
+    out = []
+    strength = _psk_finding("ha", f"{where}: secret", secret.encode(),
+                            "set secret = the output of 'ipsec-vip psk' (the same on both nodes)")
+    if strength.level != OK:
+        out.append(strength)
+    path = next(filter(None, (swanctl.setting_file(conf, f"{ns}.plugins.ha", "secret")
+                              for ns in ("charon-systemd", "charon"))), conf)
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077:
+            out.append(Finding("ha", FAIL, f"{where}: the secret is in {path}, mode {mode:04o}: other users of "
+                               "this node can read it and, with it, forge sync messages", f"chmod 600 {path}"))
     return out
 
 

@@ -44,6 +44,7 @@ class _Section:
     name: str
     refs: list[str] = field(default_factory=list)
     settings: dict[str, str | None] = field(default_factory=dict)  # None = cleared
+    origins: dict[str, str] = field(default_factory=dict)  # key -> the file that set it last
     sections: dict[str, _Section] = field(default_factory=dict)
 
 
@@ -118,6 +119,7 @@ class _Parser:
             if c == "=":
                 self.pos += 1
                 value = section.settings[name] = self._value()  # a repeated key keeps its first position
+                section.origins[name] = self.path
                 if name == "secret" and value is not None and self.found is not None:
                     self.found[self.stack[-1]] = True
             elif c in "{:":
@@ -384,13 +386,29 @@ def load(path: str) -> SwanctlConfig:
     return SwanctlConfig(path=path, connections=conns, secrets=secrets, pools=pools)
 
 
-def settings(path: str, section: str) -> dict[str, str] | None:
-    """The settings of the dotted ``section`` (e.g. ``charon.plugins.ha``) of a file in this
-    grammar (strongswan.conf is one, includes and all); None when the section is absent."""
+def _section(path: str, section: str) -> tuple[_Tree, list[_Section]] | None:
+    """The tree of ``path`` and the chain of the dotted ``section``; None when it is absent."""
     tree = _tree(os.path.abspath(path))
     chain: list[_Section] = [tree.root]
     for part in section.split("."):
         chain = tree.subsections(chain).get(part, [])
         if not chain:
             return None
-    return tree.keys(chain)
+    return tree, chain
+
+
+def settings(path: str, section: str) -> dict[str, str] | None:
+    """The settings of the dotted ``section`` (e.g. ``charon.plugins.ha``) of a file in this
+    grammar (strongswan.conf is one, includes and all); None when the section is absent."""
+    found = _section(path, section)
+    return None if found is None else found[0].keys(found[1])
+
+
+def setting_file(path: str, section: str, key: str) -> str | None:
+    """The file (``path`` or one it includes) whose ``key`` in ``section`` :func:`settings` returns;
+    None when the key is not set there."""
+    found = _section(path, section)
+    for s in found[1] if found else ():
+        if key in s.settings:
+            return s.origins[key] if s.settings[key] is not None else None
+    return None

@@ -74,3 +74,84 @@ def test_auth_methods_name_their_plugins(tmp_path):
     need = preflight._auth_plugins(swanctl.load(str(conf)).connections)
     assert set(need) == {"x509", "pem", "eap-mschapv2", "dhcp", "updown", "xauth-generic", "eap-identity"}
     assert "connection a remote auth = eap-mschapv2" in need["eap-mschapv2"]
+
+
+# --------------------------------------------------------------------------- the ha plugin's secret
+class _Answers:
+    """A runner whose ping of the ha peer answers (no daemon, no network needed)."""
+
+    def run(self, argv, *, timeout, stdin=None):
+        from ipsec_vip.runner import Result
+
+        return Result(0, "", "")
+
+
+HA_SECRET = psk.generate()  # strong: 43 random characters
+
+
+def _ha_check(tmp_path, ha_body: str, *, main_mode: int = 0o600, part_mode: int | None = None,
+              libipsec: bool = False) -> tuple[list[preflight.Finding], str]:
+    """check_ha on a strongswan.conf whose charon.plugins.ha is ``ha_body``, in the main file or (with
+    ``part_mode``) in an included strongswan.d/charon/ha.conf as Debian ships it. Returns the findings
+    and everything check would print for them."""
+    conf = tmp_path / "strongswan.conf"
+    settings = ("local = 127.0.0.1\nremote = 127.0.0.2\nsegment_count = 1\nmonitor = no\n"
+                "fifo_interface = yes\nresync = no\n" + ha_body)
+    if part_mode is None:
+        conf.write_text("charon {\n  plugins {\n    ha {\n" + settings + "    }\n  }\n}\n")
+    else:
+        (tmp_path / "strongswan.d" / "charon").mkdir(parents=True)
+        part = tmp_path / "strongswan.d" / "charon" / "ha.conf"
+        part.write_text("ha {\n" + settings + "}\n")
+        part.chmod(part_mode)
+        conf.write_text("charon {\n  plugins {\n    include strongswan.d/charon/*.conf\n  }\n}\n")
+    conf.chmod(main_mode)
+    ctx = preflight.Context([], ["unix:///nonexistent/charon.vici"], runner=_Answers())  # type: ignore[arg-type]
+    ctx.strongswan_conf = str(conf)
+    if libipsec:
+        ctx.plugins = lambda uri: ["kernel-libipsec", "ha", "vici"]  # type: ignore[method-assign]
+    findings = preflight.check_ha(ctx)
+    return findings, "\n".join(f"{f.message} {f.fix}" for f in findings)
+
+
+def test_ha_secret_in_a_file_others_can_read_fails_naming_the_file(tmp_path):
+    findings, text = _ha_check(tmp_path, f"secret = {HA_SECRET}\n", main_mode=0o644)
+    assert [f.level for f in findings] == [preflight.FAIL], findings
+    assert f"the secret is in {tmp_path / 'strongswan.conf'}, mode 0644" in text
+    assert f"chmod 600 {tmp_path / 'strongswan.conf'}" in text
+    assert HA_SECRET not in text
+
+
+def test_ha_secret_judged_in_the_included_file_that_sets_it(tmp_path):
+    """Debian's layout: strongswan.conf (0644, no secret) includes strongswan.d/charon/ha.conf."""
+    part = tmp_path / "strongswan.d" / "charon" / "ha.conf"
+    findings, text = _ha_check(tmp_path, f'secret = "{HA_SECRET}"\n', main_mode=0o644, part_mode=0o640)
+    assert [(f.level, f.fix) for f in findings] == [(preflight.FAIL, f"chmod 600 {part}")], findings
+    assert HA_SECRET not in text
+    (tmp_path / "ok").mkdir()
+    findings, _ = _ha_check(tmp_path / "ok", f"secret = {HA_SECRET}\n", main_mode=0o644, part_mode=0o600)
+    assert [f.level for f in findings] == [preflight.OK], findings
+    assert findings[0].message.endswith("peer 127.0.0.2 answers")
+
+
+@pytest.mark.parametrize("weak", ["x", "haPassword2024!", "abababababababababababababababababab"])
+def test_ha_secret_strength_judged_as_a_psk_and_never_printed(tmp_path, weak):
+    findings, text = _ha_check(tmp_path, f"secret = {weak}\n")
+    assert [f.level for f in findings] == [preflight.FAIL], findings
+    assert "charon.plugins.ha: secret: weak PSK (" in findings[0].message
+    assert "ipsec-vip psk" in findings[0].fix
+    assert weak not in text
+
+
+def test_ha_without_secret_names_both_risks_and_the_firewall_rule(tmp_path):
+    findings, text = _ha_check(tmp_path, "")
+    assert [f.level for f in findings] == [preflight.FAIL], findings
+    assert "the SA keys cross the sync link in clear" in text and "forge sync messages" in text
+    assert "limit UDP 4510 to the peer" in findings[0].fix
+
+
+def test_ha_secret_with_kernel_libipsec_still_has_no_effect(tmp_path):
+    findings, text = _ha_check(tmp_path, f"secret = {HA_SECRET}\n", libipsec=True)
+    assert [f.level for f in findings] == [preflight.FAIL], findings
+    assert "secret has no effect with kernel-libipsec" in text and "installing trap failed" in text
+    assert HA_SECRET not in text

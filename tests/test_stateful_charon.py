@@ -212,17 +212,20 @@ def test_status_shows_role_and_synced_sas_and_check_reads_the_ha_section(halab):
             "--vici-socket", charon.uri, "--config", str(env["conf"]))
     ha = [f for f in json.loads(r.stdout)["findings"] if f["name"] == "ha"]
     assert [f["message"].split(": ", 1)[1] for f in ha] == [
-        "no secret: the SA keys cross the sync link in clear"], ha  # the lab's sync runs without one
+        "no secret: the SA keys cross the sync link in clear, and whoever can send UDP 4510 from the peer's "
+        "address can forge sync messages"], ha  # the lab's sync runs without one
     assert r.rc == 1
 
     wrong = charon.base / "wrong.conf"
     wrong.write_text("charon {\n  plugins {\n    ha {\n      local = 198.51.100.99\n      remote = 198.51.100.98\n"
                      "      secret = x\n      segment_count = 2\n    }\n  }\n}\n")
+    wrong.chmod(0o644)
     r = cli(env, "gw1", "check", "--json", "--strongswan-conf", str(wrong), "--vici-socket", charon.uri,
             "--config", str(env["conf"]))
     text = " | ".join(f["message"] for f in json.loads(r.stdout)["findings"] if f["name"] == "ha")
     for problem in ("monitor is on", "segment_count = 2", "resync is on", "local 198.51.100.99 is not an address",
-                    "198.51.100.98 does not answer"):
+                    "198.51.100.98 does not answer", "secret: weak PSK (1 characters",
+                    f"the secret is in {wrong}, mode 0644"):
         assert problem in text, text
 
 
