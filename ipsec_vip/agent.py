@@ -138,11 +138,8 @@ def _params(env: ocf.Env) -> Params:
 
 
 def start(env: ocf.Env) -> int:
-    from ipsec_vip.selection import mobike_warnings
-
     params = _params(env)
-    for warning in mobike_warnings(control.select(params)):
-        log.warning("%s", warning)
+    _judge_selection(env, params)
     if env.promotable:
         from ipsec_vip import hasync
 
@@ -331,14 +328,25 @@ def _sync_check(env: ocf.Env, states: StateDir, status: hasync.Status) -> None:
 
 def validate(env: ocf.Env) -> int:
     """Level 0: parameters and config only (pcs runs it on any node). Level 10: this host too."""
-    from ipsec_vip.selection import mobike_warnings
-
     params = _params(env)
-    for warning in mobike_warnings(control.select(params)):
-        log.warning("%s", warning)
+    _judge_selection(env, params)
     if env.check_level >= 10:
         _validate_host(params, env)
     return OCF_SUCCESS
+
+
+def _judge_selection(env: ocf.Env, params: Params) -> None:
+    """What start and validate-all say of the VIP's selection: mobike warned about; in stateful
+    mode a pool from the config refused (6), before anything is loaded."""
+    from ipsec_vip.selection import mobike_warnings
+
+    selected = control.select(params)
+    for warning in mobike_warnings(selected):
+        log.warning("%s", warning)
+    if env.promotable:
+        from ipsec_vip import hasync
+
+        hasync.refuse_vici_pools(selected.pools, params.config)
 
 
 def _validate_host(params: Params, env: ocf.Env) -> None:

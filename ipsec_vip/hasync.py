@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from ipsec_vip import control
 from ipsec_vip import vip as vipmod
 from ipsec_vip.errors import (
+    ConfigError,
     FailedPromoted,
     IpsecVipError,
     NotInstalledError,
@@ -109,6 +110,35 @@ class Sync(NamedTuple):
         if self.passive and not self.active:
             return "standby"
         return "mixed" if self.active else "empty"
+
+
+# --------------------------------------------------------------------------- virtual-IP pools
+def vici_pool_problem(pools: Iterable[str], config: str) -> tuple[str, str] | None:
+    """Why the selected connections' pools defined in ``config`` (loaded over VICI) cannot stay
+    correct in stateful mode, and the fix; None when there are none.
+
+    On a takeover the ``ha`` plugin re-reserves each migrated client's virtual IP only in its own
+    pools (``charon.plugins.ha.pools``, ``ha_attribute.c``); a VICI pool on the new holder knows
+    nothing of those leases and hands them out again (measured: two clients, one address)."""
+    names = sorted(set(pools))
+    if not names:
+        return None
+    listed = ", ".join(names)
+    what = "pool" if len(names) == 1 else "pools"
+    problem = (f"stateful mode: {what} {listed} in {config} would be loaded over VICI, where a takeover does not "
+               "see the leases that migrated with their clients (the new holder hands a migrated client's "
+               "virtual IP out again)")
+    fix = (f"define {listed} under charon.plugins.ha.pools in strongswan.conf on both nodes "
+           f"({', '.join(f'{n} = <addresses>' for n in names)}) and remove {'it' if len(names) == 1 else 'them'} "
+           f"from {config}'s pools section (the connections keep pools = {listed})")
+    return problem, fix
+
+
+def refuse_vici_pools(pools: Iterable[str], config: str) -> None:
+    """Stateful start and validate-all: a pool from the agent's file is a configuration error (6)."""
+    found = vici_pool_problem(pools, config)
+    if found is not None:
+        raise ConfigError(f"{found[0]}: {found[1]}")
 
 
 # --------------------------------------------------------------------------- plugin and FIFO

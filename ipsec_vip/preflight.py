@@ -474,15 +474,25 @@ def _ha_settings(path: str) -> dict[str, str] | None:
     return {**(found[0] or {}), **(found[1] or {})}
 
 
+def _ha_loaded(ctx: Context) -> bool:
+    return any(isinstance(p, list) and "ha" in p for p in map(ctx.plugins, ctx.vici_sockets))
+
+
+def _stateful(ctx: Context, ha: dict[str, str] | None) -> bool:
+    """charon runs the ha plugin, or strongswan.conf configures it (Debian ships an ha section of
+    commented-out defaults: that alone is not stateful)."""
+    return _ha_loaded(ctx) or bool(ha and (ha.get("local") or ha.get("remote")))
+
+
 def check_ha(ctx: Context) -> list[Finding]:
     """Stateful mode: strongswan.conf's charon.plugins.ha fits a Pacemaker-driven pair."""
-    loaded = any(isinstance(p, list) and "ha" in p for p in map(ctx.plugins, ctx.vici_sockets))
+    loaded = _ha_loaded(ctx)
     try:
         ha = _ha_settings(ctx.strongswan_conf)
     except ConfigError as e:
         return [Finding("ha", FAIL if loaded else WARN, str(e), f"fix {ctx.strongswan_conf}")] if loaded else []
-    if not loaded and not (ha and (ha.get("local") or ha.get("remote"))):
-        return []  # not stateful (Debian ships an ha section of commented-out defaults)
+    if not _stateful(ctx, ha):
+        return []
     if ha is None:
         return [Finding("ha", FAIL, f"charon runs the ha plugin but {ctx.strongswan_conf} has no "
                         "charon.plugins.ha section", "configure it as docs/stateful.md shows")]
@@ -571,11 +581,72 @@ def _ha_addresses(ctx: Context, where: str, local: str, remote: str) -> list[Fin
     return out
 
 
+def _ha_pools(path: str) -> set[str]:
+    """Pool names under charon(-systemd).plugins.ha.pools: the only pools a takeover keeps right."""
+    return {name for ns in ("charon", "charon-systemd")
+            for name in swanctl.settings(path, f"{ns}.plugins.ha.pools") or {}}
+
+
+_SERVER_POOLS = {"dhcp": "a DHCP server (dhcp plugin)", "radius": "the RADIUS server (eap-radius plugin)"}
+
+
+def check_pools(ctx: Context) -> list[Finding]:
+    """Stateful mode: every pool of the VIPs' connections survives a takeover, i.e. lives in
+    charon.plugins.ha.pools (failover.md, "Virtual-IP pools with the ha plugin")."""
+    from ipsec_vip import hasync
+
+    try:
+        ha = _ha_settings(ctx.strongswan_conf)
+        ha_pools = _ha_pools(ctx.strongswan_conf)
+    except ConfigError:
+        return []  # check_ha reports it
+    if not _stateful(ctx, ha):
+        return []
+    try:
+        load_all = set(swanctl.load(ctx.swanctl_conf).pools) if os.path.exists(ctx.swanctl_conf) else set()
+    except IpsecVipError:
+        load_all = set()
+    out, seen = [], set()
+    for t, sel in ctx.selections():
+        used = {p: c for c, body in sel.connections.items() for p in body.get("pools", [])}
+        seen |= set(used)
+        found = hasync.vici_pool_problem([p for p in used if p in sel.pools], t.config)
+        if found is not None:
+            out.append(Finding("pools", FAIL, f"{t.label}: {found[0]}", found[1]))
+        for pool, conn in used.items():
+            where = f"{t.label}: connection {conn} pools = {pool}"
+            if pool in sel.pools or pool in ha_pools:
+                continue
+            if pool in load_all:
+                out.append(Finding("pools", FAIL, f"{where} is defined in {ctx.swanctl_conf}, loaded over VICI "
+                                   "by 'swanctl --load-all': a takeover does not see the leases that migrated "
+                                   "with their clients", f"define {pool} under charon.plugins.ha.pools in "
+                                   f"{ctx.strongswan_conf} on both nodes and remove it from {ctx.swanctl_conf}"))
+            elif pool in _SERVER_POOLS:
+                out.append(Finding("pools", WARN, f"{where}: addresses come from {_SERVER_POOLS[pool]}, which "
+                                   "keeps a lease until it is released or expires; the ha plugin does not move "
+                                   "these leases, so a takeover should not hand one out twice (plausible, not "
+                                   "verified by ipsec-vip)", "make sure the server never reuses a lease "
+                                   "before it expires; or use charon.plugins.ha.pools"))
+            else:
+                out.append(Finding("pools", WARN, f"{where} is defined neither in {ctx.strongswan_conf} "
+                                   f"charon.plugins.ha.pools nor in {t.config}: if another provider hands it out "
+                                   "(attr-sql, a pool loaded by other means), a takeover keeps its leases only "
+                                   "if that provider shares them between the nodes",
+                                   f"define {pool} under charon.plugins.ha.pools in {ctx.strongswan_conf} on "
+                                   "both nodes"))
+    if not out:
+        out.append(Finding("pools", OK, f"stateful mode: pool(s) {', '.join(sorted(seen))} in "
+                           "charon.plugins.ha.pools (a takeover keeps their leases)" if seen
+                           else "stateful mode: no connection uses a virtual-IP pool"))
+    return out
+
+
 CHECKS: tuple[Callable[[Context], list[Finding]], ...] = (
     check_xfrm_netlink, check_kernel_esp, check_tun, check_charon_running, check_vici, check_plugins,
     check_config, check_connections, check_psk_strength, check_not_load_all, check_secret_files, check_firewall,
     check_handoff_rules,
-    check_ha,
+    check_ha, check_pools,
 )
 
 

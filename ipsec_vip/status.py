@@ -118,6 +118,7 @@ def _ike(body: dict[str, Any]) -> dict[str, Any]:
             "local_id": body.get("local-id"), "remote_host": body.get("remote-host"),
             "remote_port": _int(body.get("remote-port")), "remote_id": body.get("remote-id"),
             "remote_eap_id": body.get("remote-eap-id"), "remote_vips": list(body.get("remote-vips", [])),
+            "initiator_spi": body.get("initiator-spi"), "responder_spi": body.get("responder-spi"),
             "established_seconds": _int(body.get("established")),
             "children": [_child(c) for c in children.values() if isinstance(c, dict)]}
 
@@ -174,6 +175,7 @@ def report(found: list[Target], default_socket: str, timeout: float = 5.0) -> di
             "ike_sas_established": sum(1 for c in conns for i in c["ike_sas"] if i["state"] == "ESTABLISHED"),
             "child_sas_installed": sum(1 for c in conns for i in c["ike_sas"] for ch in i["children"]
                                        if ch["state"] == "INSTALLED"),
+            **_virtual_ips(conns),
             "ha": _ha(conns) if info.get("ha_plugin") else None,
         })
     return {"schema": SCHEMA, "node": os.uname().nodename, "charons": [c[0] for c in charons.values()],
@@ -188,6 +190,30 @@ def _drop_rules() -> list[str] | None:
         return [str(v) for v in sorted(droprule.listed(), key=lambda a: (a.version, a))]
     except droprule.NftUnavailable:
         return None if droprule.installed() else []
+
+
+_HOLDING = ("ESTABLISHED", "PASSIVE", "REKEYING")  # IKE_SA states whose virtual IP is in use (not yet replaced)
+
+
+def _virtual_ips(conns: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The clients' virtual IPs in use (the SAs' remote-vips), and those held by more than one IKE_SA
+    (by SPIs: a 5.9.8 duplicate copy of one SA is not two clients) - no two clients may share one."""
+    import ipaddress
+
+    holders: dict[str, set[tuple[Any, Any]]] = {}
+    for ike in (i for c in conns for i in c["ike_sas"] if i["state"] in _HOLDING):
+        for addr in ike["remote_vips"]:
+            holders.setdefault(addr, set()).add((ike["initiator_spi"], ike["responder_spi"]))
+
+    def order(addr: str) -> tuple[int, Any]:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return (9, addr)
+        return (ip.version, ip)
+
+    return {"virtual_ips": sorted(holders, key=order),
+            "duplicate_virtual_ips": sorted((a for a, h in holders.items() if len(h) > 1), key=order)}
 
 
 def _ha(conns: list[dict[str, Any]]) -> dict[str, Any]:
@@ -250,6 +276,10 @@ def render(rep: dict[str, Any]) -> str:
         if v["connections"]:
             lines.append(f"  {v['ike_sas_established']} IKE_SA(s) established, "
                          f"{v['child_sas_installed']} CHILD_SA(s) installed")
+        if v["virtual_ips"]:
+            dup = v["duplicate_virtual_ips"]
+            lines.append(f"  {len(v['virtual_ips'])} virtual IP(s) in use"
+                         + (f"; DUPLICATE (held by more than one IKE_SA): {', '.join(dup)}" if dup else ""))
         if v.get("ha"):
             ha = v["ha"]
             lines.append(f"  state sync (ha plugin): {ha['role']}: {ha['active_ike_sas']} active IKE_SA(s), "
