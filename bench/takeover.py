@@ -37,11 +37,6 @@ GATEWAY = """connections {
         }
     }
 }
-pools {
-    rw-pool {
-        addrs = %(pool)s
-    }
-}
 secrets {
     ike-any {
         id = vpn.example.com
@@ -97,11 +92,11 @@ def run(n: int, log: Any) -> dict[str, Any]:
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=f"{lab.PREFIX}takeover-"))
     conf = work / "swanctl.conf"
-    conf.write_text(GATEWAY % {"vip": lab.VIP, "pool": POOL, "psk": PSK})
+    conf.write_text(GATEWAY % {"vip": lab.VIP, "psk": PSK})
     conf.chmod(0o600)
     rsctmp = str(work / "rsctmp")
     log(f"  {n} synced SAs: building two ha gateways and a client")
-    lb = lab.Lab.build(("gw1", "gw2"), ha=True, client_extra="")
+    lb = lab.Lab.build(("gw1", "gw2"), ha=True, client_extra="", ha_pool=POOL)  # rw-pool: the ha plugin's own
     try:
         lab.run(lab.IP, "-n", lb.ns("srv"), "route", "add", POOL, "via", lab.BACK_VIP)
         lb.add_vip("gw1")

@@ -10,7 +10,9 @@ AGENT: dict[str, tuple[tuple[int, str], ...]] = {
               (1, "the VIP is not held here (nothing loaded), or charon unreachable or failing"),
               (5, "strongSwan's charon is not installed; stateful mode: charon has no ha plugin, or ha_fifo is "
                   "missing or not a FIFO (nothing loaded)"),
-              (6, "parameters invalid, config does not parse, or charon refused it (rolled back)")),
+              (6, "parameters invalid, config does not parse, or charon refused it (rolled back); stateful "
+                  "mode: a selected connection's pool is defined in the config (nothing loaded: it belongs in "
+                  "charon.plugins.ha.pools)")),
     "stop": ((0, "nothing of ours is left loaded (also with a dead charon or a broken config)"),
              (1, "charon did not answer in time: our connections may still be loaded")),
     "monitor": ((0, "started: charon answers, every connection loaded, VIP held"),
@@ -29,7 +31,8 @@ AGENT: dict[str, tuple[tuple[int, str], ...]] = {
     "validate-all": ((0, "valid"),
                      (4, "level 10: the state directory under HA_RSCTMP is unsafe or unusable"),
                      (5, "level 10: charon not installed, or not answering on vici_socket"),
-                     (6, "parameters or config invalid; level 10: interface absent")),
+                     (6, "parameters or config invalid (stateful mode: also a selected connection's pool defined "
+                         "in the config); level 10: interface absent")),
     "meta-data, usage": ((0, "always, as any user"),),
     "anything else": ((3, "not implemented"),),
 }

@@ -630,8 +630,8 @@ STATEFUL_CLIENTS = {"stock": "client2@example.com", "tuned": "client1@example.co
 
 
 def stateful_conf() -> str:
-    """lab.GATEWAY_CONF plus the stock client's secret."""
-    conf = lab.GATEWAY_CONF % {"vip": lab.VIP, "psk": STATEFUL_PSK}
+    """lab.STATEFUL_GATEWAY_CONF (the pool in the ha plugin's settings) plus the stock client's secret."""
+    conf = lab.STATEFUL_GATEWAY_CONF % {"vip": lab.VIP, "psk": STATEFUL_PSK}
     second = (f'    ike-client2 {{\n        id-gw = vpn.example.com\n        id-client = {STATEFUL_CLIENTS["stock"]}\n'
               f'        secret = "{STATEFUL_PSK}"\n    }}\n')
     return conf.replace("secrets {\n", "secrets {\n" + second, 1)

@@ -304,13 +304,14 @@ class Lab:
 
     @classmethod
     def build(cls, gateways: tuple[str, ...] = ("gw1",), ha: bool = False, client_extra: str = CLIENT_RETRANSMIT,
-              ) -> Lab:
-        """``ha``: the gateways run strongSwan's ha plugin, syncing over the back network
-        (:func:`ha_settings`); ``client_extra``: the client's charon settings ("" = stock)."""
+              ha_pool: str = POOL) -> Lab:
+        """``ha``: the gateways run strongSwan's ha plugin, syncing over the back network, with the
+        pool rw-pool (``ha_pool``) in its settings (:func:`ha_settings`); ``client_extra``: the
+        client's charon settings ("" = stock)."""
         clean_leftovers()
         lab = cls()
         try:
-            lab._build(gateways, ha, client_extra)
+            lab._build(gateways, ha, client_extra, ha_pool)
         except BaseException:
             lab.destroy()
             raise
@@ -319,7 +320,8 @@ class Lab:
     def ns(self, short: str) -> str:
         return PREFIX + short
 
-    def _build(self, gateways: tuple[str, ...], ha: bool = False, client_extra: str = CLIENT_RETRANSMIT) -> None:
+    def _build(self, gateways: tuple[str, ...], ha: bool = False, client_extra: str = CLIENT_RETRANSMIT,
+               ha_pool: str = POOL) -> None:
         for short in ("lan", "client", "srv", *gateways):
             self.namespaces.append(add_netns(short))
         lan = self.ns("lan")
@@ -348,7 +350,7 @@ class Lab:
             if ha:
                 peer = next(g for g in GW_BACK if g != gw)
                 self.gateways[gw] = Charon.start(gw, netns=self.ns(gw), load=PLUGINS + " ha",
-                                                 extra=ha_settings(GW_BACK[gw], GW_BACK[peer]))
+                                                 extra=ha_settings(GW_BACK[gw], GW_BACK[peer], ha_pool))
             else:
                 self.gateways[gw] = Charon.start(gw, netns=self.ns(gw))
         self.client = Charon.start("client", netns=self.ns("client"), extra=client_extra)
@@ -399,19 +401,21 @@ def stock_conn(identity: str, vip: str = VIP) -> dict[str, Any]:
                      "children": {"home": {"remote_ts": ["198.51.100.0/24"]}}}}
 
 
-def ha_section(local: str, remote: str) -> str:
+def ha_section(local: str, remote: str, pool: str = POOL) -> str:
     """strongswan.conf ``charon.plugins.ha`` for a Pacemaker-driven pair (docs/stateful.md),
-    without ``secret``: with kernel-libipsec the plugin cannot route its protected sync (the
-    sync stays in clear anyway, docs/stateful.md)."""
+    with the clients' pool ``rw-pool`` (``pool``: its addresses) as the plugin's own (the only
+    pools a takeover keeps right), without ``secret``: with kernel-libipsec the plugin cannot
+    route its protected sync (the sync stays in clear anyway, docs/stateful.md)."""
     return ("    ha {\n"
             f"      local = {local}\n      remote = {remote}\n"
             "      segment_count = 1\n      monitor = no\n      fifo_interface = yes\n      resync = no\n"
+            f"      pools {{\n        rw-pool = {pool}\n      }}\n"
             "    }\n")
 
 
-def ha_settings(local: str, remote: str) -> str:
+def ha_settings(local: str, remote: str, pool: str = POOL) -> str:
     """:func:`ha_section` inside its ``plugins`` section (for :class:`Charon`'s ``extra``)."""
-    return "  plugins {\n" + ha_section(local, remote) + "  }\n"
+    return "  plugins {\n" + ha_section(local, remote, pool) + "  }\n"
 
 
 def client_conn(vip: str = VIP, identity: str = "client1@example.com",
@@ -446,7 +450,7 @@ def client_initiate(client: Charon, timeout_ms: int = 5000) -> bool:
 
 
 # The gateway side of the lab: a VIP-bound road-warrior responder (%(vip)s, %(psk)s).
-GATEWAY_CONF = """\
+_GATEWAY_CONNS = """\
 connections {
     rw {
         version = 2
@@ -468,11 +472,8 @@ connections {
         }
     }
 }
-pools {
-    rw-pool {
-        addrs = 203.0.113.0/24
-    }
-}
+"""
+_GATEWAY_SECRETS = """\
 secrets {
     ike-client1 {
         id-gw = vpn.example.com
@@ -481,6 +482,9 @@ secrets {
     }
 }
 """
+GATEWAY_CONF = _GATEWAY_CONNS + f"pools {{\n    rw-pool {{\n        addrs = {POOL}\n    }}\n}}\n" + _GATEWAY_SECRETS
+# Stateful mode: the pool rw-pool lives in charon.plugins.ha.pools (ha_section), not in the agent's file.
+STATEFUL_GATEWAY_CONF = _GATEWAY_CONNS + _GATEWAY_SECRETS
 
 
 # --------------------------------------------------------------------------- the agent

@@ -455,7 +455,10 @@ def test_promotable_start_on_a_real_charon_without_the_ha_plugin(frozen_env, tmp
     gw = frozen_env["gw"]
     fifo = tmp_path / "charon.ha"
     os.mkfifo(fifo)
-    frozen_env["params"]["ha_fifo"] = str(fifo)
+    conf = tmp_path / "stateful.conf"
+    conf.write_text(lab.STATEFUL_GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})
+    conf.chmod(0o600)
+    frozen_env["params"].update(ha_fifo=str(fifo), config=str(conf))  # the fixture's config has a VICI pool
     try:
         r, _ = run(frozen_env, "start", promotable="true")
         assert r.rc == 5, r.stderr

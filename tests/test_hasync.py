@@ -15,7 +15,7 @@ from lab import core as lab
 from tests.vici_fakes import Recorder
 
 PROMOTABLE = {"OCF_RESKEY_CRM_meta_promotable": "true"}
-CONF = lab.GATEWAY_CONF % {"vip": "192.0.2.199", "psk": "unit-psk-Zq8vK2mN4pR7sT1wX5yB9cD3fG6hJ0"}
+CONF = lab.STATEFUL_GATEWAY_CONF % {"vip": "192.0.2.199", "psk": "unit-psk-Zq8vK2mN4pR7sT1wX5yB9cD3fG6hJ0"}
 
 
 @pytest.fixture

@@ -17,13 +17,16 @@ pytestmark = [pytest.mark.root, pytest.mark.charon, pytest.mark.slow]
 
 PSK = "stateful-psk-Qm4vK8nR2tW6yZ1xB5cD9fG3hJ7"
 PROMOTABLE = {"OCF_RESKEY_CRM_meta_promotable": "true"}
+LATE = "late@example.com"
 
 
 @pytest.fixture(scope="module")
 def halab(tmp_path_factory) -> Iterator[dict[str, Any]]:
     d = tmp_path_factory.mktemp("stateful")
     conf = d / "swanctl.conf"
-    conf.write_text(lab.GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK})
+    second = (f'    ike-late {{\n        id-gw = vpn.example.com\n        id-client = {LATE}\n'
+              f'        secret = "{PSK}"\n    }}\n')  # a second client, for the pool test
+    conf.write_text((lab.STATEFUL_GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK}).replace("secrets {\n", "secrets {\n" + second))
     conf.chmod(0o600)
     lb = lab.Lab.build(("gw1", "gw2"), ha=True, client_extra="")
     try:
@@ -214,6 +217,8 @@ def test_status_shows_role_and_synced_sas_and_check_reads_the_ha_section(halab):
     assert [f["message"].split(": ", 1)[1] for f in ha] == [
         "no secret: the SA keys cross the sync link in clear, and whoever can send UDP 4510 from the peer's "
         "address can forge sync messages"], ha  # the lab's sync runs without one
+    pools = [f for f in json.loads(r.stdout)["findings"] if f["name"] == "pools"]
+    assert [(f["level"], "rw-pool" in f["message"]) for f in pools] == [("ok", True)], pools
     assert r.rc == 1
 
     wrong = charon.base / "wrong.conf"
@@ -227,6 +232,41 @@ def test_status_shows_role_and_synced_sas_and_check_reads_the_ha_section(halab):
                     "198.51.100.98 does not answer", "secret: weak PSK (1 characters",
                     f"the secret is in {wrong}, mode 0644"):
         assert problem in text, text
+
+
+def test_a_client_connecting_after_a_move_gets_an_address_nobody_holds(halab):
+    """The pool in charon.plugins.ha.pools: the new holder knows the migrated client's lease, so a
+    client connecting after the move gets another address (with the pool loaded over VICI it got
+    the same one: failover.md), and status on the holder shows both, no duplicate."""
+    import json
+
+    env, lb = halab, halab["lab"]
+    assert lb.client is not None
+    active = next(gw for gw in ("gw1", "gw2") if act(env, gw, "monitor").rc == 8)
+    new = "gw2" if active == "gw1" else "gw1"
+    move(env, active, new)
+    flows(lb)
+    migrated = client_ike(lb)[0]["local-vips"]
+    with lb.client.vici() as s:
+        s.load_conn({"late": lab.stock_conn(LATE)["home"]})
+    try:
+        with lb.client.vici() as s:
+            for _ in s.initiate({"child": "home", "ike": "late", "timeout": "5000", "init-limits": "no"}):
+                pass
+        (late,) = [sa for sa in lb.client.sas() if sa["name"] == "late"]
+        assert late["local-vips"] and late["local-vips"] != migrated, (late["local-vips"], migrated)
+        r = cli(env, new, "status", "--json", "--vici-socket", lb.gateways[new].uri)
+        (vip,) = json.loads(r.stdout)["vips"]
+        assert sorted(vip["virtual_ips"]) == sorted(migrated + late["local-vips"])
+        assert vip["duplicate_virtual_ips"] == []
+        assert traffic(lb)
+    finally:
+        with lb.client.vici() as s:
+            for _ in s.terminate({"ike": "late", "timeout": "5000"}):
+                pass
+            s.unload_conn({"name": "late"})
+    wait(lambda: len(gw_state(lb, new)) == 1, f"the late client's SA gone from {new}")
+    rejoin(env, active, new)
 
 
 def test_a_rekey_charon_refuses(halab, tmp_path):
@@ -262,3 +302,4 @@ def test_a_rekey_charon_refuses(halab, tmp_path):
         rejoin(env, active, new)
     finally:
         proxy.close()
+

@@ -13,8 +13,8 @@ import pytest
 from ipsec_vip import preflight, status
 from ipsec_vip import vip as vipmod
 from ipsec_vip.params import Params
-from tests.lab import GATEWAY_CONF
-from tests.lab import agent as run_agent
+from lab.core import GATEWAY_CONF, STATEFUL_GATEWAY_CONF
+from lab.core import agent as run_agent
 from tests.vici_fakes import FakeCharon
 
 VIP = "192.0.2.100"
@@ -45,15 +45,8 @@ def in_file(tmp_path: Path) -> Path:
 
 def ha_layout(tmp_path: Path, pool: str = "rw-pool") -> Path:
     """The layout that works: the connection names the pool, the file does not define it."""
-    text = GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40}
-    head, _, tail = text.partition("pools {\n    rw-pool {")
-    text = head + tail.split("}\n}\n", 1)[1]
+    text = STATEFUL_GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40}
     return write(tmp_path / "swanctl.conf", text.replace("pools = rw-pool", f"pools = {pool}"))
-
-
-def test_ha_layout_helper_drops_only_the_pools_section(tmp_path):
-    text = ha_layout(tmp_path).read_text()
-    assert "pools = rw-pool" in text and "rw-pool {" not in text and "secrets {" in text
 
 
 def test_stateful_validate_all_refuses_a_pool_from_the_file_with_one_reason(tmp_path):
