@@ -26,7 +26,8 @@ def halab(tmp_path_factory) -> Iterator[dict[str, Any]]:
     conf = d / "swanctl.conf"
     second = (f'    ike-late {{\n        id-gw = vpn.example.com\n        id-client = {LATE}\n'
               f'        secret = "{PSK}"\n    }}\n')  # a second client, for the pool test
-    conf.write_text((lab.STATEFUL_GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK}).replace("secrets {\n", "secrets {\n" + second))
+    text = lab.STATEFUL_GATEWAY_CONF % {"vip": lab.VIP, "psk": PSK}
+    conf.write_text(text.replace("secrets {\n", "secrets {\n" + second))
     conf.chmod(0o600)
     lb = lab.Lab.build(("gw1", "gw2"), ha=True, client_extra="")
     try:
