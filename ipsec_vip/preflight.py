@@ -581,6 +581,41 @@ def _ha_addresses(ctx: Context, where: str, local: str, remote: str) -> list[Fin
     return out
 
 
+def check_ha_sync(ctx: Context) -> list[Finding]:
+    """Stateful mode: charon's ha sync socket has the receive buffer the agent's start gives it
+    (a resync of many SAs overflows the kernel's default) and has dropped nothing."""
+    from ipsec_vip import hasock
+
+    out = []
+    for uri in ctx.vici_sockets:
+        loaded = ctx.plugins(uri)
+        if not (isinstance(loaded, list) and "ha" in loaded):
+            continue
+        try:
+            sock = hasock.read(hasock.charon_pid(uri))
+        except hasock.SyncSocketError as e:
+            out.append(Finding("ha-sync", WARN, f"cannot read charon's ha sync socket: {e}",
+                               "run ipsec-vip check as root on Linux 5.6 or later"))
+            continue
+        where = f"charon's ha sync socket (UDP {hasock.HA_PORT}, pid {sock.pid})"
+        size = f"receive buffer {sock.rcvbuf} bytes"
+        before = len(out)
+        if sock.rcvbuf is not None and sock.rcvbuf < 2 * hasock.RCVBUF:
+            out.append(Finding("ha-sync", WARN, f"{where}: {size}: a resync of many SAs overflows it (the "
+                               "kernel's default lost half of 200 SAs' copies)", "start the stateful resource (its "
+                               f"start sets {hasock.RCVBUF} bytes with SO_RCVBUFFORCE; it needs root, "
+                               "CAP_SYS_PTRACE over charon and Linux 5.6); where it cannot, set "
+                               f"net.core.rmem_default = {hasock.RCVBUF} before charon starts"))
+        if sock.drops:
+            out.append(Finding("ha-sync", WARN, f"{where}: {sock.drops} sync datagram(s) dropped since charon "
+                               "started (a full receive buffer): this node may lack copies",
+                               "compare the copies 'ipsec-vip status' shows on both nodes; restart this "
+                               "node's instance (pcs resource restart) to resync it"))
+        if len(out) == before:
+            out.append(Finding("ha-sync", OK, f"{where}: {size}, {sock.drops} drops, {sock.queued} bytes queued"))
+    return out
+
+
 def _ha_pools(path: str) -> set[str]:
     """Pool names under charon(-systemd).plugins.ha.pools: the only pools a takeover keeps right."""
     return {name for ns in ("charon", "charon-systemd")
@@ -646,7 +681,7 @@ CHECKS: tuple[Callable[[Context], list[Finding]], ...] = (
     check_xfrm_netlink, check_kernel_esp, check_tun, check_charon_running, check_vici, check_plugins,
     check_config, check_connections, check_psk_strength, check_not_load_all, check_secret_files, check_firewall,
     check_handoff_rules,
-    check_ha, check_pools,
+    check_ha, check_ha_sync, check_pools,
 )
 
 

@@ -220,6 +220,8 @@ def test_status_shows_role_and_synced_sas_and_check_reads_the_ha_section(halab):
         "address can forge sync messages"], ha  # the lab's sync runs without one
     pools = [f for f in json.loads(r.stdout)["findings"] if f["name"] == "pools"]
     assert [(f["level"], "rw-pool" in f["message"]) for f in pools] == [("ok", True)], pools
+    sync = [f for f in json.loads(r.stdout)["findings"] if f["name"] == "ha-sync"]  # the agent's start enlarged it
+    assert [(f["level"], "receive buffer 67108864 bytes, 0 drops" in f["message"]) for f in sync] == [("ok", True)]
     assert r.rc == 1
 
     wrong = charon.base / "wrong.conf"

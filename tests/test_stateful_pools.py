@@ -1,7 +1,8 @@
 """Stateful mode and virtual-IP pools, as any user: a pool from the agent's file (loaded over
 VICI) cannot stay correct across a takeover (only charon.plugins.ha.pools learn the migrated
 leases), so validate-all and start refuse it with one reason naming the pool and the fix, and
-``ipsec-vip check`` says the same; ``status`` shows the virtual IPs in use and a duplicate."""
+``ipsec-vip check`` says the same; ``status`` shows the virtual IPs in use and a duplicate;
+check's ``ha-sync`` finding where charon has no sync socket."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ipsec_vip import vip as vipmod
 from ipsec_vip.params import Params
 from lab.core import GATEWAY_CONF, STATEFUL_GATEWAY_CONF
 from lab.core import agent as run_agent
-from tests.vici_fakes import FakeCharon
+from tests.vici_fakes import FakeCharon, Recorder
 
 VIP = "192.0.2.100"
 PROMOTABLE = {"OCF_RESKEY_CRM_meta_promotable": "true"}
@@ -159,3 +160,13 @@ def test_status_without_a_duplicate_says_none(tmp_path, sas):
         charon.close()
     assert rep["vips"][0]["duplicate_virtual_ips"] == []
     assert "DUPLICATE" not in status.render(rep)
+
+
+def test_check_cannot_find_a_sync_socket_where_charon_has_none(tmp_path):
+    """The ha plugin listed, but no UDP 4510 socket in the process answering VICI (here: this one)."""
+    charon = Recorder(tmp_path / "charon.vici", replies={"stats": {"plugins": ["vici", "ha"]}})
+    try:
+        (found,) = preflight.check_ha_sync(preflight.Context([], vici_sockets=[charon.uri]))
+    finally:
+        charon.close()
+    assert found.level == "warn" and "no UDP socket on port 4510" in found.message
