@@ -6,7 +6,7 @@ DESTDIR  ?=
 PY       := $(VENV)/bin/python
 APT_PACKAGES := strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins \
 	libstrongswan-extra-plugins resource-agents pacemaker pacemaker-cli-utils corosync pcs crmsh \
-	libxml2-utils iproute2 iputils-ping iputils-arping procps util-linux python3-venv nftables iptables systemd tcpdump
+	libxml2-utils iproute2 iputils-ping iputils-arping procps util-linux python3-venv nftables iptables systemd tcpdump keepalived
 PYTEST_ARGS ?=
 # the fast tier: tests that need neither root nor a daemon (pytest markers, tests/conftest.py)
 FAST_TESTS := not root and not charon and not cluster and not packaging and not slow

@@ -629,9 +629,10 @@ STATEFUL_PSK = "stateful-cluster-psk-Vb7nM3qK9tR2wX6yZ4cF8"
 STATEFUL_CLIENTS = {"stock": "client2@example.com", "tuned": "client1@example.com"}
 
 
-def stateful_conf() -> str:
-    """lab.STATEFUL_GATEWAY_CONF (the pool in the ha plugin's settings) plus the stock client's secret."""
-    conf = lab.STATEFUL_GATEWAY_CONF % {"vip": lab.VIP, "psk": STATEFUL_PSK}
+def stateful_conf(template: str = lab.STATEFUL_GATEWAY_CONF) -> str:
+    """lab.STATEFUL_GATEWAY_CONF (the pool in the ha plugin's settings) plus the stock client's secret
+    (``template``: lab.GATEWAY_CONF for the same clients of a primitive, the pool in the file)."""
+    conf = template % {"vip": lab.VIP, "psk": STATEFUL_PSK}
     second = (f'    ike-client2 {{\n        id-gw = vpn.example.com\n        id-client = {STATEFUL_CLIENTS["stock"]}\n'
               f'        secret = "{STATEFUL_PSK}"\n    }}\n')
     return conf.replace("secrets {\n", "secrets {\n" + second, 1)
