@@ -91,3 +91,19 @@ def test_the_lab_runs_the_stateful_recipes():
     crm = [_norm(line) for line in crm_doc.replace("\\\n", " ").splitlines()]
     lab_crm = [_norm(line) for line in cluster.crm_stateful_configure("/x.conf").replace("\\\n", " ").splitlines()]
     assert crm and not [line for line in crm if line not in lab_crm]
+
+
+def test_the_keepalived_lab_runs_the_docs_configuration():
+    """docs/keepalived.md's keepalived.conf is gw1's in lab/keepalived.py word for word (gw2's differs
+    in its priority only); its unicast and sub-second excerpts are what the lab's variants add."""
+    from lab import keepalived
+
+    blocks = re.findall(r"```\n(.*?)```", (ROOT / "docs" / "keepalived.md").read_text(), re.S)
+    assert blocks[0] == keepalived.vrrp_config("gw1")
+    gw2 = keepalived.vrrp_config("gw2").splitlines()
+    assert [a for a, b in zip(blocks[0].splitlines(), gw2) if a != b] == [line for line in blocks[0].splitlines()
+                                                                          if "priority" in line]
+    unicast = keepalived.vrrp_config("gw1", unicast=True)
+    assert blocks[1] in unicast and blocks[1] not in keepalived.vrrp_config("gw1")
+    subsecond = keepalived.vrrp_config("gw1", advert_int="0.2")
+    assert blocks[2] in subsecond and "auth_pass" not in subsecond
