@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reaction-runs", type=int, default=int(os.environ.get("BENCH_REACTION_RUNS", "10")),
                    help="runs of the watch / charon-restart measurements (default 10)")
     p.add_argument("--skip", default=os.environ.get("BENCH_SKIP", ""),
-                   help="comma-separated parts to skip: agents,upstream,load,reaction,failover,mesh,stateful,takeover")
+                   help="comma-separated parts to skip: agents,upstream,load,reaction,failover,mesh,stateful,takeover,"
+                        "vrrp")
     p.add_argument("--takeover-sas", type=int, default=int(os.environ.get("BENCH_TAKEOVER_SAS", "1000")),
                    help="synced SAs in the stateful takeover measurement (default 1000)")
     p.add_argument("--libreswan-root", default=str(common.CACHE / "lsroot"),
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    from bench import failover, local, mesh, takeover, upstream
+    from bench import failover, keepalived, local, mesh, takeover, upstream
 
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                "machine": machine(), "runs": args.runs, "sizes": sizes, "skipped": sorted(skip)}
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         reps = max(args.failover_reps, 5)
         log(f"4b. stateful mode (promotable clone + ha plugin), stock and tuned client, {reps} of each scenario")
         section(results, "stateful", failover.run_stateful, reps, log)
+    if "vrrp" not in skip and args.failover_reps > 0:
+        reps = max(args.failover_reps, 5)
+        log(f"4d. the keepalived pair (primitive and stateful watch), stock and tuned client, {reps} of each scenario")
+        section(results, "vrrp", keepalived.run, reps, log)
     if "takeover" not in skip and args.takeover_sas > 0:
         log(f"4c. stateful takeover of {args.takeover_sas} synced SAs")
         section(results, "takeover", takeover.run, args.takeover_sas, log)

@@ -84,3 +84,25 @@ def test_stateful_targets():
     assert all(missing[t] == "not measured" for t in missing if "stateful" in t or "takeover" in t)
     md = report.markdown(_results(stateful=stateful))
     assert "stateful (promotable clone + ha plugin), stock client | planned move | 0.25, 0.31" in md
+
+
+def test_keepalived_targets_per_advert_int():
+    def row(scenario, advert, *runs):
+        return {"setup": f"keepalived stateful (advert_int {advert:g} s, multicast)", "mode": "stateful",
+                "advert_int": advert, "vrrp": "multicast", "client": "stock", "scenario": scenario,
+                "runs": [{"gap_s": g, "vip_moved_s": v, "kept_ike_sa": k} for g, v, k in runs]}
+
+    vrrp = {"rows": [row("planned move", 1.0, (0.31, 0.07, True), (0.45, 0.08, True)),
+                     row("holder crash", 1.0, (2.6, 2.4, True), (3.3, 2.9, True)),  # 0.4 over: not met
+                     row("planned move", 0.2, (0.2, 0.02, True), (0.2, 0.02, False)),  # an IKE_SA lost: not met
+                     row("holder crash", 0.2, (None, 0.6, False),)], "failed": []}  # stranded: not met
+    v = {t: verdict for t, _, verdict in report.targets(_results(vrrp=vrrp))}
+    assert v["keepalived stateful planned move (advert_int 1 s), stock gap ≤ 0.5 s, IKE_SA kept"] == "**met**"
+    assert v["keepalived stateful holder crash (advert_int 1 s), stock gap ≤ VIP move + 0.3 s"] == "**not met**"
+    assert v["keepalived stateful planned move (advert_int 0.2 s), stock gap ≤ 0.5 s, IKE_SA kept"] == "**not met**"
+    assert v["keepalived stateful holder crash (advert_int 0.2 s), stock gap ≤ VIP move + 0.3 s"] == "**not met**"
+    md = report.markdown(_results(vrrp=vrrp))
+    assert "keepalived stateful (advert_int 0.2 s, multicast), stock client | holder crash | stranded | 0.60" in md
+    missing = {t: verdict for t, _, verdict in report.targets(_results(
+        vrrp={"available": False, "reason": "no keepalived", "rows": []}))}
+    assert [missing[t] for t in missing if "keepalived" in t] == ["not measured", "not measured"]
