@@ -72,9 +72,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs of the watch / charon-restart measurements (default 10)")
     p.add_argument("--skip", default=os.environ.get("BENCH_SKIP", ""),
                    help="comma-separated parts to skip: agents,upstream,load,reaction,failover,mesh,stateful,takeover,"
-                        "vrrp")
+                        "vrrp,fleet")
     p.add_argument("--takeover-sas", type=int, default=int(os.environ.get("BENCH_TAKEOVER_SAS", "1000")),
                    help="synced SAs in the stateful takeover measurement (default 1000)")
+    p.add_argument("--fleet", default=os.environ.get("FLEET", "1,100,1000"),
+                   help="fleet sizes through Pacemaker, stateful and primitive (default 1,100,1000; e.g. "
+                        "FLEET=10000 make bench for one pair at 10,000 SAs); 0 skips")
     p.add_argument("--libreswan-root", default=str(common.CACHE / "lsroot"),
                    help="cached Debian root with libreswan (built on first use)")
     p.add_argument("--out", default=str(common.ROOT / "bench" / "results"), help="where latest.md/.json go")
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    from bench import failover, keepalived, local, mesh, takeover, upstream
+    from bench import failover, fleet, keepalived, local, mesh, takeover, upstream
 
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                "machine": machine(), "runs": args.runs, "sizes": sizes, "skipped": sorted(skip)}
@@ -127,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     if "takeover" not in skip and args.takeover_sas > 0:
         log(f"4c. stateful takeover of {args.takeover_sas} synced SAs")
         section(results, "takeover", takeover.run, args.takeover_sas, log)
+    fleet_sizes = [int(x) for x in args.fleet.split(",") if x.strip() and int(x) > 0]
+    if "fleet" not in skip and fleet_sizes:
+        log(f"6. a fleet through Pacemaker: N = {fleet_sizes} stock clients, stateful and primitive")
+        section(results, "fleet", fleet.run, fleet_sizes, log)
     if "mesh" not in skip:
         log("5. ipsec-vip mesh at scale: render 200 nodes x 3 networks, load one node's file")
         section(results, "mesh", mesh.run, args.runs, log)

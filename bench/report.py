@@ -115,6 +115,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     "not measured"))
     out += _stateful_targets(results, verdict)
     out += _keepalived_targets(results, verdict)
+    if "fleet" in results:
+        out += fleet_targets(results, verdict)
     return out
 
 
@@ -281,6 +283,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| keepalived pair | not measured: {vr} | | |")
     for f in results.get("vrrp", {}).get("failed", []) if isinstance(results.get("vrrp"), dict) else []:
         lines.append(f"| {f['setup']} | not measured: {f['reason']} | | |")
+    if "fleet" in results:
+        lines += fleet_table(results)
     lines += ["", "**ipsec-vip mesh** at scale (ms, median / p90).", "", "| what | median / p90 ms |",
               "|---|---:|"]
     mr = _reason(results, "mesh")
@@ -323,7 +327,7 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
     path = out / "latest.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return [path.name]
+    return [path.name, *fleet_plots(results, out)]
 
 
 def main(argv: list[str]) -> int:
@@ -343,3 +347,176 @@ if __name__ == "__main__":
     import sys
 
     sys.exit(main(sys.argv))
+
+
+# --------------------------------------------------------------------------- the fleet (part 6)
+def _fleet_row(results: dict[str, Any], n: int, mode: str, scenario: str) -> dict[str, Any] | None:
+    return next((r for r in _rows(results, "fleet") if r.get("n") == n and r.get("mode") == mode
+                 and r.get("scenario") == scenario and "failed" not in r), None)
+
+
+def _gaps(r: dict[str, Any]) -> tuple[float, float]:
+    g = sorted(r.get("gaps") or [float("inf")])
+    return g[len(g) // 2], g[-1]
+
+
+def _kept(r: dict[str, Any]) -> str:
+    return (f"IKE_SAs lost {r['lost_ike']}, no round trip {r['no_round_trip']}, duplicate virtual IPs "
+            f"{r['duplicate_vips']}, joined {r['joined_ok']}/{r['joined']}")
+
+
+def fleet_targets(results: dict[str, Any], verdict: Any) -> list[tuple[str, str, str]]:
+    """Issue 19's targets at the largest fleet measured (1000 by default)."""
+    sizes = (results.get("fleet") or {}).get("sizes") or [1000] if isinstance(results.get("fleet"), dict) else [1000]
+    n = max(sizes)
+    why = _reason(results, "fleet") or "no data"
+    out: list[tuple[str, str, str]] = []
+    move = _fleet_row(results, n, "stateful", "move")
+    label = (f"fleet N={n}, stateful `pcs resource move --promoted`: every IKE_SA kept, no duplicate virtual IP, "
+             "sampled gap median ≤ 0.5 s and max ≤ 1.0 s, all CHILD_SAs rekeyed ≤ 2 s after promote")
+    if move is None:
+        out.append((label, f"not measured: {why}", "not measured"))
+    else:
+        med, mx = _gaps(move)
+        rk = move.get("extra", {}).get("all_rekeyed_after_promote_s")
+        out.append((label, f"gap median {med:.2f} s, max {mx:.2f} s; rekeyed {rk if rk is not None else '—'} s; "
+                    f"{_kept(move)}", verdict(move["ok"] and med <= 0.5 and mx <= 1.0 and rk is not None and rk <= 2)))
+    standby = _fleet_row(results, n, "stateful", "standby")
+    label = f"fleet N={n}, stateful `pcs node standby`: max gap ≤ the move's + 0.3 s, every copy back after unstandby"
+    if standby is None or move is None:
+        out.append((label, f"not measured: {why}", "not measured"))
+    else:
+        smed, smx = _gaps(standby)
+        copies = standby.get("extra", {}).get("copies", "—")
+        out.append((label, f"gap median {smed:.2f} s, max {smx:.2f} s (move {_gaps(move)[1]:.2f} s); copies "
+                    f"{copies}; {_kept(standby)}",
+                    verdict(standby["ok"] and smx <= _gaps(move)[1] + 0.3 and _complete(copies))))
+    crash = _fleet_row(results, n, "stateful", "crash")
+    label = f"fleet N={n}, stateful crash of the promoted node: max gap ≤ VIP move + 1.0 s, every IKE_SA kept"
+    if crash is None:
+        out.append((label, f"not measured: {why}", "not measured"))
+    else:
+        _, mx = _gaps(crash)
+        vip = crash.get("vip_moved") or 0.0
+        copies = crash.get("extra", {}).get("copies", "—")
+        out.append((label, f"gap max {mx:.2f} s, VIP moved after {vip:.2f} s; rejoined copies {copies}; "
+                    f"{_kept(crash)}", verdict(crash["ok"] and mx <= vip + 1.0 and _complete(copies))))
+    prim = _fleet_row(results, n, "primitive", "move")
+    label = f"fleet N={n}, primitive handoff=redirect move, stock clients: all back ≤ 15 s, none stranded"
+    if prim is None:
+        out.append((label, f"not measured: {why}", "not measured"))
+    else:
+        est = prim.get("extra", {}).get("established_after_s") or []
+        last = est[-1] if len(est) >= prim["n"] else None
+        out.append((label, f"{len(est)}/{prim['n']} re-established on the new holder, last after "
+                    f"{last if last is not None else '—'} s; {_kept(prim)}",
+                    verdict(prim["ok"] and last is not None and last <= 15)))
+    small = min(sizes)
+    for role in ("promoted", "unpromoted"):
+        a = ((_fleet_row(results, small, "stateful", "move") or {}).get("monitor") or {}).get(role, {})
+        b = ((move or {}).get("monitor") or {}).get(role, {})
+        pa = ((_fleet_row(results, small, "primitive", "move") or {}).get("monitor") or {}).get("started", {})
+        pb = ((prim or {}).get("monitor") or {}).get("started", {})
+        label = f"stateful monitor ({role}) @{n} SAs ≤ 2× @{small}"
+        if a.get("median_ms") and b.get("median_ms"):
+            ratio = _ratio(b["median_ms"], a["median_ms"])
+            prim_ms = f"primitive {pb.get('median_ms') or '—'} vs {pa.get('median_ms') or '—'} ms"
+            out.append((label, f"{b['median_ms']:.1f} vs {a['median_ms']:.1f} ms ({ratio}; {prim_ms})",
+                        verdict(b["median_ms"] <= 2 * a["median_ms"])))
+        else:
+            out.append((label, f"not measured: {why}", "not measured"))
+    return out
+
+
+def _complete(copies: str) -> bool:
+    have, _, want = str(copies).partition("/")
+    return have.isdigit() and want.isdigit() and int(have) >= int(want)
+
+
+def fleet_table(results: dict[str, Any]) -> list[str]:
+    lines = ["", "**Fleet** through Pacemaker (`lab/fleet.py`): N stock clients, each its own identity, source "
+             "address and virtual IP; 20 sampled clients probe every 20 ms; after each event every IKE_SA, a round "
+             "trip through every tunnel and the virtual IPs are checked and 5 new clients join. Gap: sampled "
+             "clients' longest silence. Re-established: when the last client's CHILD_SA was (re)established on "
+             "the new holder (gateway log). Back in sync: the undo (unstandby, clear, reboot) until the standby "
+             "holds every copy.", "",
+             "| N | mode | event | VIP moved (s) | gap median / max (s) | re-established, last (s) | rekeyed after "
+             "promote (s) | promote began (s) | old node stop (s) | IKE_SAs lost | no round trip | dup. vIPs | "
+             "joined | back in sync (s), copies |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    why = _reason(results, "fleet")
+    if why:
+        lines.append(f"| — | not measured: {why} | | | | | | | | | | | | |")
+    for r in _rows(results, "fleet"):
+        if "failed" in r:
+            lines.append(f"| {r['n']} | {r['mode']} | failed: {r['failed']} | | | | | | | | | | | |")
+            continue
+        med, mx = _gaps(r)
+        ex = r.get("extra", {})
+        est = ex.get("established_after_s") or []
+        dst = next((k.split("@")[1] for k in ex if k.startswith("promote@") or k.startswith("start@")), None)
+        src = next((k.split("@")[1] for k in ex if k.startswith("stop@")), None)
+        promote = (ex.get(f"promote@{dst}") or {}).get("start") if dst else None
+        stop = ex.get(f"stop@{src}") if src else None
+        stop_s = f"{stop['end'] - stop['start']:.2f}" if stop and "end" in stop and "start" in stop else "—"
+        lines.append(
+            f"| {r['n']} | {r['mode']} | {r['scenario']} | {r.get('vip_moved') or 0:.2f} | {med:.2f} / {mx:.2f} | "
+            f"{est[-1] if est else '—'} ({len(est)}) | {ex.get('all_rekeyed_after_promote_s', '—')} | "
+            f"{promote if promote is not None else '—'} | {stop_s} | {r['lost_ike']} | {r['no_round_trip']} | "
+            f"{r['duplicate_vips']} | {r['joined_ok']}/{r['joined']} | {ex.get('back_in_sync_s', '—')}, "
+            f"{ex.get('copies', '—')} |")
+    mon = [(r["n"], r["mode"], role, v) for r in _rows(results, "fleet") if r.get("scenario") == "move"
+           for role, v in (r.get("monitor") or {}).items()]
+    if mon:
+        lines += ["", "Monitor as Pacemaker runs it, inside the node (median ms of 10, exit codes): " + "; ".join(
+            f"{mode} {role} @{n}: {v.get('median_ms')} ms rc {v.get('rc')}" for n, mode, role, v in mon) + "."]
+    return lines
+
+
+def fleet_plots(results: dict[str, Any], out: Path) -> list[str]:
+    """fleet-gaps.png (gap against N per scenario) and fleet-timeline.png (at the largest N:
+    how many clients were back, against time since the event)."""
+    rows = [r for r in _rows(results, "fleet") if "failed" not in r]
+    if not rows:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in sorted({(r["mode"], r["scenario"]) for r in rows}):
+        pts = sorted((r["n"], _gaps(r)[1], _gaps(r)[0]) for r in rows if (r["mode"], r["scenario"]) == key)
+        pts = [p for p in pts if p[1] != float("inf")]
+        if pts:
+            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{key[0]} {key[1]} (max)")
+            ax.plot([p[0] for p in pts], [p[2] for p in pts], marker=".", linestyle=":", color=line[0].get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("clients (N)")
+    ax.set_ylabel("sampled clients' gap, s (solid max, dotted median)")
+    ax.set_title(f"failover gap against fleet size, {results['date']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "fleet-gaps.png", dpi=90)
+    plt.close(fig)
+    drawn.append("fleet-gaps.png")
+    n = max(r["n"] for r in rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in (r for r in rows if r["n"] == n):
+        est = (r.get("extra") or {}).get("established_after_s") or []
+        if est:
+            ax.step(est, range(1, len(est) + 1), where="post", label=f"{r['mode']} {r['scenario']}")
+            if r.get("vip_moved"):
+                ax.axvline(r["vip_moved"], linestyle=":", linewidth=0.8, color=ax.lines[-1].get_color())
+    ax.set_xlabel("seconds since the event (dotted: VIP arrived on the new holder)")
+    ax.set_ylabel("clients whose CHILD_SA is (re)established on the new holder")
+    ax.set_title(f"N={n}: when each client's traffic resumed, {results['date']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "fleet-timeline.png", dpi=90)
+    plt.close(fig)
+    drawn.append("fleet-timeline.png")
+    return drawn

@@ -618,6 +618,7 @@ class FleetLab:
     fleet: Fleet
     stateful: bool
     log: Any = print
+    setup: dict[str, Any] = field(default_factory=dict)  # connect and sync time, charon memory per SA
 
     @classmethod
     def build(cls, n: int, stateful: bool, spare: int = 40, log: Any = print) -> FleetLab:
@@ -641,12 +642,17 @@ class FleetLab:
                 for cmd in cluster.pcs_commands(str(conf)):
                     gw1.on(*cmd)
                 first = c.wait_any(VIPS)
+            rss0 = {name: charon_rss_kb(node) for name, node in c.nodes.items()}
             t = time.monotonic()
             log(f"    connecting {n} stock clients to {first}")
             fleet.connect_all(log=log)
-            log(f"    {n} clients up after {time.monotonic() - t:.1f} s")
+            fl.setup["connect_s"] = round(time.monotonic() - t, 1)
+            log(f"    {n} clients up after {fl.setup['connect_s']} s")
             if stateful:
-                fl.wait_copies(fl.other(first), timeout=60 + n / 10)
+                fl.setup["synced_s"] = round(fl.wait_copies(fl.other(first), timeout=60 + n / 10)
+                                             + fl.setup["connect_s"], 1)
+            fl.setup["charon_kb_per_sa"] = {
+                name: round((charon_rss_kb(node) - rss0[name]) / max(n, 1), 1) for name, node in c.nodes.items()}
             return fl
         except BaseException:
             c.destroy()
@@ -758,9 +764,55 @@ class FleetLab:
         with contextlib.suppress(Exception):
             c.wait_located(VIPS, dst, timeout=30)
 
+    def monitor_costs(self, runs: int = 10) -> dict[str, Any]:
+        """The agent's recurring monitor as Pacemaker runs it, timed inside each node: median
+        ms and the exit codes seen, per role (promoted / unpromoted, or started)."""
+        out: dict[str, Any] = {}
+        holder = self.holder()
+        for name, node in self.c.nodes.items():
+            if not node.alive:
+                continue
+            role = ("promoted" if name == holder else "unpromoted") if self.stateful else \
+                ("started" if name == holder else "stopped")
+            env = [f"PYTHONPATH={self.c.work}/root/site", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
+                   "OCF_ROOT=/usr/lib/ocf", "OCF_RESOURCE_INSTANCE=vpn", f"OCF_RESKEY_vip={lab.VIP}",
+                   f"OCF_RESKEY_config={self.c.work / 'swanctl.conf'}", "OCF_RESKEY_CRM_meta_interval=2000",
+                   "OCF_RESKEY_CRM_meta_timeout=20000"]
+            if self.stateful:
+                env += ["OCF_RESKEY_CRM_meta_promotable=true", "OCF_RESKEY_CRM_meta_notify=true"]
+            p = node.on("env", "-i", *env, sys.executable, "-c", _TIME_MONITOR, AGENT_IN_NODE, str(runs),
+                        check=False, timeout=300)
+            times, codes = [], set()
+            for line in p.stdout.split():
+                rc, ms = line.split(":")
+                codes.add(int(rc))
+                times.append(float(ms))
+            out[role] = {"median_ms": round(sorted(times)[len(times) // 2], 1) if times else None,
+                         "rc": sorted(codes)}
+        return out
+
     def destroy(self) -> None:
         self.fleet.stop()
         self.c.destroy()
+
+
+AGENT_IN_NODE = "/usr/lib/ocf/resource.d/ipsec-vip/strongswan"
+# Runs the agent's monitor RUNS times (one warm-up first); prints "rc:ms" for each.
+_TIME_MONITOR = r"""
+import subprocess, sys, time
+agent, runs = sys.argv[1], int(sys.argv[2])
+subprocess.run([agent, "monitor"], capture_output=True)
+for _ in range(runs):
+    t = time.perf_counter()
+    p = subprocess.run([agent, "monitor"], capture_output=True)
+    print("%d:%.2f" % (p.returncode, (time.perf_counter() - t) * 1000))
+"""
+
+
+def charon_rss_kb(node: cluster.Node) -> int:
+    """Resident memory of the node's charon, KiB."""
+    status = node.on("cat", f"/proc/{node.charon_pid()}/status").stdout
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
 def route_gateway(node: cluster.Node, timeout: float = 20) -> None:
