@@ -9,9 +9,11 @@ import sys
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ipsec_vip.errors import ViciCommandError, ViciError, ViciUnreachable
-from ipsec_vip.vici_session import Vici, socket_path
+from ipsec_vip.vici_session import Vici, decode, parse, socket_path
 from tests.vici_fakes import FakeServer
 
 
@@ -157,3 +159,55 @@ def test_real_charon_errmsg_is_carried(charon):
 def test_real_charon_streamed_error_after_consuming(charon):
     with Vici(charon.vici_path) as v, pytest.raises(ViciCommandError, match="no matching"):
         v.stream("terminate", "control-log", {"ike": "nothing", "force": "yes", "timeout": "-1"})
+
+
+# --- the streamed-event decoder, against the vici package's own (the oracle) -------------------
+_names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20).filter(
+    lambda s: len(s.encode()) < 256)
+_values = st.one_of(st.text(max_size=40), st.binary(max_size=40))
+_messages = st.recursive(
+    st.dictionaries(_names, st.one_of(_values, st.lists(_values, max_size=4)), max_size=5),
+    lambda inner: st.dictionaries(_names, st.one_of(_values, st.lists(_values, max_size=3), inner), max_size=5),
+    max_leaves=30)
+
+
+@given(_messages)
+def test_parse_decodes_as_the_vici_package_does(message):
+    from vici.protocol import FiniteStream, Message
+
+    data = Message.serialize(message)
+    assert parse(data) == decode(Message.deserialize(FiniteStream(data)))
+
+
+@pytest.mark.parametrize("data", [
+    b"\x03\x03key\x00\x09short",          # value runs past the end
+    b"\x01\x03sec\x03\x01k\x00\x01v",      # section never ended
+    b"\x02",                               # end without a start
+    b"\x04\x01l\x05\x00\x01a",             # list never ended
+    b"\x04\x01l\x05\x00\x05a",             # list item past the end
+    b"\x09",                               # no such element
+])
+def test_parse_refuses_malformed_messages(data):
+    with pytest.raises((ValueError, IndexError)):
+        parse(data)
+
+
+@pytest.mark.charon
+def test_real_charon_stream_matches_the_vici_package(charon):
+    """The same list-conns through our decoder and through the package's, on a real charon."""
+    charon.swanctl("--load-all", "--file", str(_conf(charon)))
+    with Vici(charon.uri) as v:
+        ours = v.stream("list-conns", "list-conn")
+    with charon.vici() as s:
+        theirs = [decode(e) for e in s.streamed_request("list-conns", "list-conn")]
+    assert ours == theirs and ours
+
+
+def _conf(charon):
+    path = charon.base / "conns.conf"
+    path.write_text("connections {\n" + "".join(
+        f"  c{i} {{\n    local_addrs = 192.0.2.{i + 1}\n    remote_addrs = %any\n    local {{ auth = psk }}\n"
+        f"    remote {{ auth = psk }}\n"
+        f"    children {{ c{i} {{ local_ts = 10.{i}.0.0/16, 10.{i + 1}.0.0/16 }} }}\n  }}\n"
+        for i in range(5)) + "}\n")
+    return path
