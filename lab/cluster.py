@@ -116,12 +116,10 @@ GATEWAY_STRONGSWAN = """charon {
 """
 
 
-def gateway_strongswan_ha(name: str, peer: str, pools: str = "") -> str:
-    """GATEWAY_STRONGSWAN with the ha plugin syncing over the back network (docs/stateful.md);
-    ``pools``: lines for its ``pools`` subsection (the plugin's own pools)."""
-    ha = lab.ha_section(NODE_IPS[name][1], NODE_IPS[peer][1])
-    if pools:
-        ha = ha.replace("    }\n", pools + "    }\n")
+def gateway_strongswan_ha(name: str, peer: str, pool: str = lab.POOL) -> str:
+    """GATEWAY_STRONGSWAN with the ha plugin syncing over the back network (docs/stateful.md),
+    the clients' pool ``rw-pool`` (``pool``: its addresses) the plugin's own."""
+    ha = lab.ha_section(NODE_IPS[name][1], NODE_IPS[peer][1], pool)
     return GATEWAY_STRONGSWAN.replace(" vici\n", " vici ha\n", 1).replace("  plugins {\n", "  plugins {\n" + ha, 1)
 
 
@@ -229,18 +227,18 @@ class Cluster:
     client: lab.Charon | None = None
     echo: subprocess.Popen[bytes] | None = None
     ha: bool = False
-    ha_pools: str = ""  # charon.plugins.ha.pools lines (stateful labs)
+    ha_pool: str = lab.POOL  # the addresses of rw-pool, the ha plugin's pool (stateful labs)
     stock: lab.Charon | None = None  # a second client with strongSwan's defaults (ha clusters)
 
     @classmethod
     def build(cls, names: tuple[str, ...] = ("gw1", "gw2"), token_ms: int = 1000,
-              client_extra: str = lab.CLIENT_RETRANSMIT, ha: bool = False, ha_pools: str = "") -> Cluster:
+              client_extra: str = lab.CLIENT_RETRANSMIT, ha: bool = False, ha_pool: str = lab.POOL) -> Cluster:
         """``ha``: stateful mode's lab: charon with the ha plugin (sync over the back network)
         on both gateways, and a second, stock client (:data:`STOCK_IP`) beside the tuned one."""
         lab.clean_leftovers()
         work = Path(tempfile.mkdtemp(prefix=f"{lab.PREFIX}cluster-"))
         os.chmod(work, 0o755)
-        c = cls(names=list(names), work=work, ha=ha, ha_pools=ha_pools)
+        c = cls(names=list(names), work=work, ha=ha, ha_pool=ha_pool)
         try:
             c._build(token_ms, client_extra)
         except BaseException:
@@ -293,7 +291,7 @@ class Cluster:
         (nd / "ip").write_text(NODE_IPS[name][0])
         (nd / "backip").write_text(NODE_IPS[name][1])
         peer = next((n for n in self.names if n != name), name)
-        conf = gateway_strongswan_ha(name, peer, self.ha_pools) if self.ha else GATEWAY_STRONGSWAN
+        conf = gateway_strongswan_ha(name, peer, self.ha_pool) if self.ha else GATEWAY_STRONGSWAN
         (nd / "strongswan.conf").write_text(conf)
         with contextlib.suppress(FileNotFoundError):
             (nd / "no-charon-restart").unlink()

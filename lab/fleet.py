@@ -41,7 +41,7 @@ FLEET_LAN_IP = "192.0.2.60"
 FLEET_NET = "198.18.0.0/15"
 FLEET_FIRST = ipaddress.ip_address("198.18.0.10")
 FLEET_POOL = "10.99.0.0/18"  # a private range, room for 16382 leases
-FLEET_POOL_NAME = "fleet"
+FLEET_POOL_NAME = "rw-pool"  # the name the lab gives the ha plugin's pool (lab.core.ha_section)
 PSK = "fleet-lab-psk-Xr8vN2qK6tM4wZ9yB3cF7hJ5"
 SERVER_ID = "vpn.example.com"
 CHILD = "home"
@@ -49,7 +49,7 @@ SAMPLE = 20  # clients whose tunnel carries a 20 ms probe the whole time
 
 # The gateways' connection for the fleet: any client that knows the PSK (%(pools)s: the
 # ``pools { }`` section of the primitive's file, empty in stateful mode, where the pool is
-# the ha plugin's own: strongswan.conf charon.plugins.ha.pools).
+# the ha plugin's own: strongswan.conf charon.plugins.ha.pools, see lab.core.ha_section).
 GATEWAY_CONF = """\
 connections {
     rw {
@@ -86,11 +86,6 @@ def gateway_conf(stateful: bool, vip: str = lab.VIP) -> str:
     pools = "" if stateful else f"pools {{\n    {FLEET_POOL_NAME} {{\n        addrs = {FLEET_POOL}\n    }}\n}}\n"
     return GATEWAY_CONF % {"vip": vip, "pool_name": FLEET_POOL_NAME, "server_id": SERVER_ID, "psk": PSK,
                            "pools": pools}
-
-
-def ha_pools() -> str:
-    """strongswan.conf ``charon.plugins.ha.pools`` for the fleet's pool (stateful mode)."""
-    return f"      pools {{\n        {FLEET_POOL_NAME} = {FLEET_POOL}\n      }}\n"
 
 
 def client_name(i: int) -> str:
@@ -622,7 +617,7 @@ class FleetLab:
 
     @classmethod
     def build(cls, n: int, stateful: bool, spare: int = 40, log: Any = print) -> FleetLab:
-        c = cluster.Cluster.build(("gw1", "gw2"), ha=stateful, ha_pools=ha_pools() if stateful else "")
+        c = cluster.Cluster.build(("gw1", "gw2"), ha=stateful, ha_pool=FLEET_POOL)
         try:
             conf = c.work / "swanctl.conf"
             conf.write_text(gateway_conf(stateful))
