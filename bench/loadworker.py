@@ -13,6 +13,7 @@ import time
 
 from bench.common import VIP
 from ipsec_vip import control
+from ipsec_vip.action import Deadline
 from ipsec_vip.params import Params
 from ipsec_vip.state import StateDir
 from ipsec_vip.vip import parse_vip
@@ -27,9 +28,9 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         control.select(params)
         t1 = time.perf_counter()
-        control.start(params, "load", states, control.Deadline(300))
+        control.start(params, "load", states, Deadline(300))
         t2 = time.perf_counter()
-        control.stop(params, "load", states, control.Deadline(300))
+        control.stop(params, "load", states, Deadline(300))
         t3 = time.perf_counter()
         parse_ms.append((t1 - t0) * 1000)
         start_ms.append((t2 - t1) * 1000)

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 
 from ipsec_vip import __version__, control, ocf
+from ipsec_vip.action import Deadline
 from ipsec_vip.errors import (
     OCF_DEGRADED,
     OCF_ERR_GENERIC,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import TypeVar
 
-    from ipsec_vip import hasync
+    from ipsec_vip.promotion import Standing
     from ipsec_vip.state import Record
 
     T = TypeVar("T")
@@ -127,10 +128,10 @@ META = ocf.MetaData(
 )
 
 
-def _deadline(env: ocf.Env) -> control.Deadline:
+def _deadline(env: ocf.Env) -> Deadline:
     """Finish well inside Pacemaker's timeout: 80% of it, less 0.5 s for start-up."""
     total = (env.timeout_ms / 1000.0) if env.timeout_ms else DEFAULT_TIMEOUT.get(env.action, 20)
-    return control.Deadline(max(total * 0.8 - 0.5, 0.5))
+    return Deadline(max(total * 0.8 - 0.5, 0.5))
 
 
 def _params(env: ocf.Env) -> Params:
@@ -143,9 +144,9 @@ def start(env: ocf.Env) -> int:
     if env.promotable:
         from ipsec_vip import hasync
 
-        states = StateDir()
-        log.info("%s", hasync.start(params, env.instance, states, _deadline(env)))
-        _score(env, states, hasync.SCORE_EMPTY)
+        states, deadline = StateDir(), _deadline(env)
+        log.info("%s", hasync.start(params, env.instance, states, deadline))
+        _standing(env, states, deadline).started()
     else:
         log.info("%s", control.start(params, env.instance, StateDir(), _deadline(env)))
     return OCF_SUCCESS
@@ -157,15 +158,12 @@ def stop(env: ocf.Env) -> int:
     except ConfigError as e:
         log.warning("stop with invalid parameters (%s): using the recorded state", e)
         params = None
-    if env.promotable:
+    if env.promotable:  # the unload first: the attributes only with the time left after it
         from ipsec_vip import hasync
 
-        states = StateDir()
-        log.info("%s", hasync.stop(params, env.instance, states, _deadline(env)))
-        _unpublish(env, states)
-        states.set_mark(env.instance, hasync.UNSYNCED, None)
-        if _in_cluster(env):
-            hasync.set_score(env.instance, None)
+        states, deadline = StateDir(), _deadline(env)
+        log.info("%s", hasync.stop(params, env.instance, states, deadline))
+        _standing(env, states, deadline).stopped()
     else:
         log.info("%s", control.stop(params, env.instance, StateDir(), _deadline(env)))
     return OCF_SUCCESS
@@ -175,9 +173,9 @@ def promote(env: ocf.Env) -> int:
     from ipsec_vip import hasync
 
     _need_promotable(env)
-    states = StateDir()
-    log.info("%s", hasync.promote(_params(env), env.instance, states, _deadline(env)))
-    _score(env, states, hasync.SCORE_PROMOTED)
+    states, deadline = StateDir(), _deadline(env)
+    log.info("%s", hasync.promote(_params(env), env.instance, states, deadline))
+    _standing(env, states, deadline).promoted()
     return OCF_SUCCESS
 
 
@@ -190,11 +188,9 @@ def demote(env: ocf.Env) -> int:
     except ConfigError as e:
         log.warning("demote with invalid parameters (%s): using the recorded state", e)
         params = None
-    states = StateDir()
-    log.info("%s", hasync.demote(params, env.instance, states, _deadline(env)))
-    _unpublish(env, states)
-    states.set_mark(env.instance, hasync.UNSYNCED, None)  # the standby's comparison starts afresh
-    _score(env, states, hasync.SCORE_IN_SYNC)
+    states, deadline = StateDir(), _deadline(env)
+    log.info("%s", hasync.demote(params, env.instance, states, deadline))
+    _standing(env, states, deadline).demoted()
     return OCF_SUCCESS
 
 
@@ -211,36 +207,21 @@ def notify(env: ocf.Env) -> int:
     return OCF_SUCCESS
 
 
-def _unpublish(env: ocf.Env, states: StateDir) -> None:
-    from ipsec_vip import hasync
-
-    if states.mark(env.instance, hasync.DIGEST) is not None:
-        if _in_cluster(env):
-            hasync.publish(env.instance, None)
-        states.set_mark(env.instance, hasync.DIGEST, None)
-
-
 def _need_promotable(env: ocf.Env) -> None:
     if not env.promotable:
         raise Unimplemented(f"{env.action} is for a promotable clone (stateful mode); this resource is a primitive")
 
 
-def _in_cluster(env: ocf.Env) -> bool:
-    """Run by Pacemaker (which names the node): only then is there a promotion score to set."""
-    return bool(env.meta.get("on_node"))
+def _standing(env: ocf.Env, states: StateDir, deadline: Deadline) -> Standing:
+    """What the instance's marks and Pacemaker attributes become after an action: only an action
+    run by Pacemaker (which names the node) has attributes."""
+    from ipsec_vip.promotion import Standing
+
+    return Standing(env.instance, states, env.meta.get("on_node", ""), deadline)
 
 
-def _score(env: ocf.Env, states: StateDir, score: int) -> None:
-    """Set the promotion score if it changed (crm_attribute costs a fork and a CIB round trip)."""
-    from ipsec_vip import hasync
-
-    if not _in_cluster(env) or states.mark(env.instance, hasync.SCORE) == str(score):
-        return
-    hasync.set_score(env.instance, score)
-    states.set_mark(env.instance, hasync.SCORE, str(score))
-
-
-def _observe(env: ocf.Env, look: Callable[[Params, Record, StateDir, control.Deadline], T]) -> tuple[StateDir, T] | int:
+def _observe(env: ocf.Env, look: Callable[[Params, Record, StateDir, Deadline], T],
+             ) -> tuple[StateDir, Deadline, T] | int:
     """What both monitors share: 7 wherever nothing of ours is started (a probe: also wherever
     nothing can be looked at), else ``look`` at the started instance under the shared lock."""
     try:
@@ -258,7 +239,7 @@ def _observe(env: ocf.Env, look: Callable[[Params, Record, StateDir, control.Dea
             record = control.read_record(params, env.instance, states)
             if record is None:
                 return OCF_NOT_RUNNING
-            return states, look(params, record, states, deadline)
+            return states, deadline, look(params, record, states, deadline)
     except (ViciError, StateError) as e:
         if env.is_probe:  # charon frozen or broken: a probe says "not running", never "failed"
             log.warning("probe: %s", e)
@@ -273,7 +254,7 @@ def monitor(env: ocf.Env) -> int:
                     control.check(params, record, env.check_level, deadline))
     if isinstance(seen, int):
         return seen
-    health = seen[1]
+    health = seen[2]
     if not health.running:
         if env.is_probe:
             return OCF_NOT_RUNNING
@@ -287,43 +268,25 @@ def monitor(env: ocf.Env) -> int:
 
 
 def _monitor_stateful(env: ocf.Env) -> int:
-    """7 not started, 0 unpromoted and healthy, 8 promoted and healthy, 1/9 broken; sets the
-    promotion score so a standby without synced state never beats one in sync."""
+    """7 not started, 0 unpromoted and healthy, 8 promoted and healthy, 1/9 broken; the promoted
+    node publishes what it holds, the standby fails once it is out of sync for long, and the
+    promotion score follows (:meth:`ipsec_vip.promotion.Standing.monitored`)."""
     from ipsec_vip import hasync
 
     seen = _observe(env, lambda params, record, states, deadline:
                     hasync.check(params, env.instance, record, states, env.check_level, deadline))
     if isinstance(seen, int):
         return seen
-    states, status = seen
+    states, deadline, status = seen
     health = status.health
     if not health.running or health.problems:
         if env.is_probe and not health.running:
             return OCF_NOT_RUNNING
         raise IpsecVipError("; ".join(health.problems) or "not running")
-    if _in_cluster(env):
-        _sync_check(env, states, status)
-    _score(env, states, hasync.score_for(status.promoted, status.sync))
+    _standing(env, states, deadline).monitored(status.promoted, status.sync, status.digest)
     if health.degraded:
         ocf.exit_reason("; ".join(health.degraded), os.environ)
     return OCF_RUNNING_PROMOTED if status.promoted else OCF_SUCCESS
-
-
-def _sync_check(env: ocf.Env, states: StateDir, status: hasync.Status) -> None:
-    """The promoted node publishes what it holds; the standby compares its copies with it and
-    fails (Pacemaker restarts it: the restart's resync repairs it) once they differ for long."""
-    from ipsec_vip import hasync
-
-    if status.promoted:
-        states.set_mark(env.instance, hasync.UNSYNCED, None)  # a difference seen while standby is history
-        if states.mark(env.instance, hasync.DIGEST) != status.digest:
-            hasync.publish(env.instance, status.digest)
-            states.set_mark(env.instance, hasync.DIGEST, status.digest)
-        return
-    peer = hasync.peer_digest(env.instance, env.meta.get("on_node", ""))
-    if not hasync.in_sync(states, env.instance, status.digest, peer):
-        raise IpsecVipError(f"standby not in sync with the promoted node for {hasync.OUT_OF_SYNC_AFTER:.0f}s "
-                            "(sync link down?); a restart of this instance resyncs it")
 
 
 def validate(env: ocf.Env) -> int:

@@ -14,10 +14,10 @@ leave) so nothing of ours is left.
 from __future__ import annotations
 
 import contextlib
-import time
 
-from ipsec_vip import charon, fallback
+from ipsec_vip import charon, fallback, sas
 from ipsec_vip import vip as vipmod
+from ipsec_vip.action import Deadline, target
 from ipsec_vip.errors import (
     ConfigError,
     IpsecVipError,
@@ -29,24 +29,16 @@ from ipsec_vip.errors import (
 from ipsec_vip.log import log
 from ipsec_vip.params import Params
 from ipsec_vip.state import Record, StateDir
-from ipsec_vip.vici_session import DEFAULT_SOCKET, Vici
+from ipsec_vip.vici_session import Vici, message_size
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
+    from ipsec_vip.selection import Selection
+
 _MAX_MESSAGE = 480 * 1024  # charon drops VICI requests over 512 KiB
-
-
-class Deadline:
-    """Time left for the whole action, shared by every VICI call."""
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def left(self, cap: float = 10.0) -> float:
-        return max(min(self.end - time.monotonic(), cap), 0.0)
 
 
 class NotHeld(IpsecVipError):
@@ -62,7 +54,7 @@ class Health:
         self.degraded: list[str] = []
 
 
-def select(params: Params) -> Any:
+def select(params: Params) -> Selection:
     """Parse the config and pick this VIP's connections, secrets and pools."""
     from ipsec_vip import selection, swanctl  # parsing is only needed by start/validate
 
@@ -111,14 +103,14 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -
                      "nothing sent)", cleared)
         states.write(instance, record)  # before loading: a start cut short is undone by stop
         try:
-            _load(v, selection, deadline)
+            load(v, selection, deadline)
         except IpsecVipError:
             undo = Record(vip=record.vip, config=record.config,
                           conns=[c for c in record.conns if c not in loaded],
                           secrets=[s for s in record.secrets if s not in before_secrets],
                           pools=[p for p in record.pools if p not in before_pools])
             with contextlib.suppress(IpsecVipError):
-                _unload(v, undo, states.others(instance), deadline, terminate=True)
+                unload(v, undo, states.others(instance), deadline, terminate=True)
             states.remove(instance)
             raise
         now = set(v.request("get-conns", timeout=deadline.left())["conns"])
@@ -131,18 +123,17 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -
             f"{len(record.pools)} pools for VIP {params.vip}{inert}")
 
 
-def _load(v: Vici, selection: Any, deadline: Deadline) -> None:
-    """Secrets, then pools, then connections (swanctl's order); conns batched."""
+def load(v: Vici, selection: Selection, deadline: Deadline) -> None:
+    """Load ``selection`` into charon: secrets, then pools, then connections (swanctl's order),
+    the connections batched under charon's message limit. A refusal is a ConfigError naming it."""
     for secret in selection.secrets:
         _command(v, "load-shared", secret, f"secret {secret['id']}", deadline)
     for name, body in selection.pools.items():
         _command(v, "load-pool", {name: body}, f"pool {name}", deadline)
-    from vici.protocol import Message
-
     batch: dict[str, Any] = {}
     size = 0
     for name, body in selection.connections.items():
-        n = len(Message.serialize({name: body}))
+        n = message_size({name: body})
         if batch and size + n > _MAX_MESSAGE:
             _load_conns(v, batch, deadline)
             batch, size = {}, 0
@@ -184,7 +175,7 @@ def read_record(params: Params | None, instance: str, states: StateDir) -> Recor
             raise e from None
 
 
-def _record(params: Params, selection: Any) -> Record:
+def _record(params: Params, selection: Selection) -> Record:
     """What an instance with ``params`` loads, as its state record says it."""
     from ipsec_vip.selection import initiators
 
@@ -192,17 +183,6 @@ def _record(params: Params, selection: Any) -> Record:
                   secrets=[s["id"] for s in selection.secrets], pools=list(selection.pools),
                   initiators=initiators(selection.connections), vici_socket=params.vici_socket,
                   interface=params.interface or "", handoff=params.handoff)
-
-
-def target(record: Record, params: Params | None) -> tuple[str, str | None]:
-    """The VICI socket and interface start used for ``record``: stop and monitor talk to the
-    charon that holds our connections, whatever the parameters say now (records written before
-    these were kept fall back to the parameters)."""
-    if record.vici_socket:
-        return record.vici_socket, record.interface or None
-    if params is not None:
-        return params.vici_socket, params.interface
-    return DEFAULT_SOCKET, None
 
 
 def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline) -> str:
@@ -224,7 +204,7 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
             return f"charon is not running on {uri}: nothing of ours can be loaded"
         here = vipmod.held(vip_addr)
         with handoff.during_stop(v, record, instance, states, here, deadline) as hand:
-            hand.sas = left = _unload(v, record, states.others(instance), deadline, terminate=not here,
+            hand.sas = left = unload(v, record, states.others(instance), deadline, terminate=not here,
                                       loaded=loaded, leases_kept=hand.active)
             if params is not None and not here:
                 fallback.left_vip(v, params.fallback_connections, deadline)
@@ -240,9 +220,10 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
     return f"unloaded {len(record.conns)} connections, terminated {left} SA(s)"
 
 
-def _unload(v: Vici, record: Record, others: list[Record], deadline: Deadline, *, terminate: bool,
-            loaded: set[str] | None = None, leases_kept: bool = False) -> int:
-    """Unload conns, then (optionally) terminate their SAs, then unused secrets and pools.
+def unload(v: Vici, record: Record, others: list[Record], deadline: Deadline, *, terminate: bool,
+           loaded: set[str] | None = None, leases_kept: bool = False) -> int:
+    """Unload the record's conns (those in ``loaded``, if given), then (``terminate``) their SAs,
+    then the secrets and pools no record in ``others`` uses.
 
     Returns the number of IKE_SAs terminated (terminate) or left up (not terminate).
     """
@@ -254,17 +235,10 @@ def _unload(v: Vici, record: Record, others: list[Record], deadline: Deadline, *
         except ViciCommandError as e:
             if "not found" not in e.errmsg:
                 raise
-    ours = set(record.conns)
-    sa_ids = [body["uniqueid"] for sa in v.stream("list-sas", "list-sa", {}, timeout=deadline.left())
-              for name, body in sa.items() if name in ours and isinstance(body, dict)]
     if terminate:
-        for ike_id in sa_ids:
-            try:
-                v.stream("terminate", "control-log", {"ike-id": ike_id, "force": "yes", "timeout": "-1"},
-                         timeout=deadline.left())
-            except ViciCommandError as e:
-                if "no matching" not in e.errmsg:
-                    raise
+        count = sas.clear(v, record.conns, deadline.left())
+    else:
+        count = len(sas.ours(v, record.conns, deadline.left()))
     used_secrets = {s for o in others for s in o.secrets}
     used_pools = {p for o in others for p in o.pools}
     for sid in record.secrets:
@@ -280,7 +254,7 @@ def _unload(v: Vici, record: Record, others: list[Record], deadline: Deadline, *
                 (log.info if leases_kept else log.warning)(
                     "pool %s stays loaded: %s%s", pool, e.errmsg,
                     " (the redirected clients' SAs: cleared once the VIP has left)" if leases_kept else "")
-    return len(sa_ids)
+    return count
 
 
 def check(params: Params, record: Record, level: int, deadline: Deadline) -> Health:
@@ -304,13 +278,8 @@ def check(params: Params, record: Record, level: int, deadline: Deadline) -> Hea
         if not params.start_without_vip and not vipmod.held(params.vip, interface):
             health.problems.append(f"connections loaded but VIP {params.vip} is not held by this node")
         if level >= 10 and record.initiators:
-            up = set()
-            for sa in v.stream("list-sas", "list-sa", {"noblock": "yes"}, timeout=deadline.left()):
-                for name, body in sa.items():
-                    children = body.get("child-sas") or {}
-                    if body.get("state") == "ESTABLISHED" and any(
-                            c.get("state") == "INSTALLED" for c in children.values()):
-                        up.add(name)
+            up = {s.conn for s in sas.ours(v, record.initiators, deadline.left())
+                  if s.state == "ESTABLISHED" and s.installed}
             down = [c for c in record.initiators if c not in up]
             if down:
                 health.degraded.append(f"initiator connection(s) not established: {', '.join(down[:10])}")

@@ -14,10 +14,11 @@ from ipsec_vip.log import log
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
 if TYPE_CHECKING:
-    from typing import Any
+    from ipsec_vip.action import Deadline
+    from ipsec_vip.vici_session import Vici
 
 
-def _each(v: Any, names: tuple[str, ...], command: str, message: dict[str, str], deadline: Any) -> None:
+def _each(v: Vici, names: tuple[str, ...], command: str, message: dict[str, str], deadline: Deadline) -> None:
     for name in names:
         try:
             v.stream(command, "control-log", {**message, "ike": name} if command == "terminate"
@@ -26,11 +27,11 @@ def _each(v: Any, names: tuple[str, ...], command: str, message: dict[str, str],
             log.info("fallback connection %s: %s", name, e.errmsg)
 
 
-def taking_vip(v: Any, names: tuple[str, ...], deadline: Any) -> None:
+def taking_vip(v: Vici, names: tuple[str, ...], deadline: Deadline) -> None:
     """Terminate the fallback connections' IKE_SAs, established or still trying."""
     _each(v, names, "terminate", {"force": "yes", "timeout": "-1"}, deadline)
 
 
-def left_vip(v: Any, names: tuple[str, ...], deadline: Any) -> None:
+def left_vip(v: Vici, names: tuple[str, ...], deadline: Deadline) -> None:
     """Initiate the fallback connections (not waiting for the outcome)."""
     _each(v, names, "initiate", {"timeout": "-1", "init-limits": "no"}, deadline)

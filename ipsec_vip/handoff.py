@@ -21,7 +21,7 @@ redirect. Such clients are left as without handoff (DPD), and counted in the log
 After the handoff the old node keeps the redirected IKE_SAs (the client's DELETE goes to
 the VIP, i.e. to the next holder) and so the pool's leases. They are terminated only where
 the VIP is not held (sending from an address this node does not have reaches no one): by a
-sweeper process (:func:`spawn_sweeper`, :func:`sweep`) as soon as the VIP has left, else by the
+sweeper process (:func:`spawn_sweeper`, :mod:`ipsec_vip.sweeper`) as soon as the VIP has left, else by the
 next start (:func:`clear_leftovers`), which also removes the drop rule first.
 """
 
@@ -30,27 +30,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
-from ipsec_vip import droprule
+from ipsec_vip import droprule, sas
 from ipsec_vip import vip as vipmod
+from ipsec_vip.action import Deadline
 from ipsec_vip.errors import ViciCommandError, ViciError
 from ipsec_vip.log import log
 from ipsec_vip.state import Record, StateDir
-from ipsec_vip.vici_session import Vici, decode, socket_path
+from ipsec_vip.vici_session import LogListener, Vici
 
 UNSUPPORTED = "client does not support IKE redirection"
 _SENT = "redirecting peer to"
 _ANSWERED = "parsed INFORMATIONAL response"
 _REFUSED = "unable to redirect"
 _WAIT_CAP = 10.0  # at most this long for the clients' answers (a vanished client never answers)
-SWEEP_WAIT = 120.0  # the sweeper gives the VIP this long to leave
 
 
 class Outcome(NamedTuple):
@@ -94,86 +92,24 @@ def undrop(vip: str) -> bool:
         return False
 
 
-def ours(v: Vici, conns: Iterable[str], timeout: float) -> dict[int, dict[str, Any]]:
-    """Unique id -> list-sas body of every IKE_SA of the connections ``conns``."""
-    names = set(conns)
-    return {int(body["uniqueid"]): body
-            for sa in v.stream("list-sas", "list-sa", {"noblock": "yes"}, timeout=timeout)
-            for name, body in sa.items() if name in names and isinstance(body, dict)}
+def _ids(v: Vici, record: Record, deadline: Deadline) -> set[int]:
+    return {int(s.uniqueid) for s in sas.ours(v, record.conns, deadline.left()) if s.version == "2"}
 
 
-class _LogListener:
-    """charon's log as VICI ``log`` events, collected by a thread, per IKE_SA unique id."""
-
-    def __init__(self, uri: str, timeout: float) -> None:
-        from vici.protocol import Packet, Transport
-
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(max(timeout, 0.1))
-        self.lines: dict[int, list[str]] = {}
-        self._lock = threading.Lock()
-        self._stopped = False
-        try:
-            self._sock.connect(socket_path(uri))
-            self._transport = Transport(self._sock)
-            self._transport.send(Packet.register_event("log"))
-            while True:
-                kind = Packet.parse(self._transport.receive()).response_type
-                if kind == Packet.EVENT_CONFIRM:
-                    break
-                if kind != Packet.EVENT:
-                    raise ViciError("charon does not offer its log over VICI")
-        except (OSError, ValueError) as e:
-            self._sock.close()
-            raise ViciError(f"cannot listen to charon's log on {uri}: {e}") from None
-        self._thread = threading.Thread(target=self._loop, name="vici-log", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        from vici.protocol import Message, Packet
-
-        while not self._stopped:
-            try:
-                packet = Packet.parse(self._transport.receive(0.2))
-            except socket.timeout:
-                continue
-            except (OSError, ValueError):
-                return
-            if packet.response_type != Packet.EVENT:
-                continue
-            with contextlib.suppress(Exception):
-                event = decode(Message.deserialize(packet.payload))
-                ike_id = int(event.get("ikesa-uniqueid", 0))
-                if ike_id:
-                    with self._lock:
-                        self.lines.setdefault(ike_id, []).append(str(event.get("msg", "")))
-
-    def of(self, ike_id: int) -> list[str]:
-        with self._lock:
-            return list(self.lines.get(ike_id, ()))
-
-    def close(self) -> None:
-        self._stopped = True
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._thread.join(1.0)
-        self._sock.close()
-
-
-def redirect(v: Vici, record: Record, deadline: Any) -> Outcome:
+def redirect(v: Vici, record: Record, deadline: Deadline) -> Outcome:
     """REDIRECT every IKEv2 IKE_SA of the record's connections to the VIP; wait for the answers."""
-    sas = {i: b for i, b in ours(v, record.conns, deadline.left()).items() if str(b.get("version")) == "2"}
-    if not sas:
+    ids = _ids(v, record, deadline)
+    if not ids:
         return Outcome(0, 0, 0, (), 0)
     try:
-        listener: _LogListener | None = _LogListener(v.uri, deadline.left(cap=2.0))
+        listener: LogListener | None = LogListener(v.uri, deadline.left(cap=2.0))
     except ViciError as e:
         log.warning("%s: cannot tell which clients support REDIRECT", e)
         listener = None
     refused: list[str] = []
     pending = set()
     try:
-        for ike_id in sas:
+        for ike_id in ids:
             try:
                 v.request("redirect", {"ike-id": str(ike_id), "gateway": record.vip}, timeout=deadline.left())
                 pending.add(ike_id)
@@ -200,15 +136,15 @@ def redirect(v: Vici, record: Record, deadline: Any) -> Outcome:
             time.sleep(0.02)
             if time.monotonic() >= next_look:  # an SA gone meanwhile needs no answer
                 next_look = time.monotonic() + 0.5
-                gone = pending - set(ours(v, record.conns, deadline.left()))
+                gone = pending - {int(s.uniqueid) for s in sas.ours(v, record.conns, deadline.left())}
                 answered |= gone
                 pending -= gone
     finally:
         if listener is not None:
             listener.close()
     if listener is None:  # no way to tell: count what was sent
-        return Outcome(len(sas), len(pending), 0, tuple(refused), 0)
-    return Outcome(len(sas), len(answered), len(unsupported), tuple(refused), len(pending))
+        return Outcome(len(ids), len(pending), 0, tuple(refused), 0)
+    return Outcome(len(ids), len(answered), len(unsupported), tuple(refused), len(pending))
 
 
 def clear_leftovers(v: Vici, record: Record, timeout: float) -> int:
@@ -218,15 +154,7 @@ def clear_leftovers(v: Vici, record: Record, timeout: float) -> int:
     if vipmod.held(vipmod.parse_vip(record.vip), record.interface or None):
         return 0
     loaded = set(v.request("get-conns", timeout=timeout)["conns"])
-    stale = [i for i, body in ours(v, [c for c in record.conns if c not in loaded], timeout).items()]
-    for ike_id in stale:
-        try:
-            v.stream("terminate", "control-log", {"ike-id": str(ike_id), "force": "yes", "timeout": "-1"},
-                     timeout=timeout)
-        except ViciCommandError as e:
-            if "no matching" not in e.errmsg:
-                raise
-    return len(stale)
+    return sas.clear(v, [c for c in record.conns if c not in loaded], timeout)
 
 
 class StopReport:
@@ -242,7 +170,7 @@ class StopReport:
 
 @contextlib.contextmanager
 def during_stop(v: Vici, record: Record, instance: str, states: StateDir, here: bool,
-                deadline: Any) -> Iterator[StopReport]:
+                deadline: Deadline) -> Iterator[StopReport]:
     """The handoff's part of a primitive's stop, around its unload (the one place control.stop calls):
     with the VIP here and handoff=redirect, the drop rule before, the REDIRECTs and the sweeper after;
     with the VIP gone, the removal of a rule left here before and, if a handoff was wanted, the
@@ -267,60 +195,15 @@ def during_stop(v: Vici, record: Record, instance: str, states: StateDir, here: 
 
 
 def spawn_sweeper(record: Record, instance: str, states: StateDir) -> None:
-    """Start, detached, :func:`sweep` for this record: it outlives the stop action (whose return
-    lets the VIP leave), holds no pipe of its caller's and ends by itself."""
+    """Start, detached, :mod:`ipsec_vip.sweeper` for this record: it outlives the stop action (whose
+    return lets the VIP leave), holds no pipe of its caller's and ends by itself."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     data = json.dumps({"record": record._asdict(), "instance": instance, "states": states.path})
     try:
-        subprocess.Popen([sys.executable, "-m", "ipsec_vip.handoff", data], env=env, start_new_session=True,
+        subprocess.Popen([sys.executable, "-m", "ipsec_vip.sweeper", data], env=env, start_new_session=True,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          close_fds=True, cwd="/")
     except OSError as e:
         log.warning("cannot start the sweeper (%s): what the handoff left is cleared by the next start", e)
-
-
-def sweep(record: Record, instance: str, states: StateDir, wait: float = SWEEP_WAIT) -> str:
-    """Once the VIP has left this node: terminate (silently) the SAs the handoff left, unload the
-    pools they held and remove the drop rule - unless the instance was started here again
-    meanwhile (its start did that already)."""
-    from ipsec_vip import control  # control imports this module
-
-    vip = vipmod.parse_vip(record.vip)
-    end = time.monotonic() + wait
-    while vipmod.held(vip, record.interface or None):
-        if time.monotonic() >= end:
-            return f"VIP {record.vip} still held {wait:.0f}s after the handoff: leftovers stay until the next start"
-        time.sleep(0.1)
-    deadline = control.Deadline(30.0)
-    with states.lock(deadline.left()):
-        if states.started(instance):
-            return "started here again meanwhile: nothing to sweep"
-        leftover = record._replace(secrets=[])  # stop unloaded the secrets already
-        uri, _ = control.target(record, None)
-        with Vici(uri, timeout=deadline.left()) as v:
-            n = control._unload(v, leftover, states.others(instance), deadline, terminate=True)
-        undrop(record.vip)
-    return f"VIP {record.vip} has left: terminated {n} IKE_SA(s) the handoff left (nothing sent), drop rule removed"
-
-
-def _main(argv: list[str]) -> int:
-    """``python -m ipsec_vip.handoff JSON``: the sweeper process (see :func:`spawn_sweeper`)."""
-    from ipsec_vip import ocf
-    from ipsec_vip.errors import IpsecVipError
-
-    data = json.loads(argv[1])
-    ocf.setup_logging(data["instance"], os.environ)
-    record = Record.from_json(data["record"])
-    states = StateDir(os.path.dirname(data["states"]))
-    try:
-        log.info("%s", sweep(record, data["instance"], states))
-    except IpsecVipError as e:
-        log.warning("sweep after handoff: %s; the next start clears what is left", e)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv))

@@ -32,84 +32,29 @@ import termios
 import time
 from collections.abc import Iterable, Sequence
 
-from ipsec_vip import control
+from ipsec_vip import control, promotion, sas
 from ipsec_vip import vip as vipmod
+from ipsec_vip.action import Deadline, target
 from ipsec_vip.errors import (
     ConfigError,
     FailedPromoted,
     IpsecVipError,
     NotInstalledError,
-    ViciCommandError,
     ViciUnreachable,
 )
 from ipsec_vip.log import log
 from ipsec_vip.params import DEFAULT_HA_FIFO, Params
+from ipsec_vip.sas import IkeSa, Sync
 from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import Vici
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
 if TYPE_CHECKING:
-    from typing import Any, NamedTuple
-
-    from ipsec_vip.runner import Result
+    from typing import NamedTuple
 else:
     from ipsec_vip.tuples import NamedTuple
 
 SEGMENT = 1
-CRM_ATTRIBUTE = "/usr/sbin/crm_attribute"
-ATTRD_UPDATER = "/usr/sbin/attrd_updater"
-PROMOTED = "promoted"  # the state-dir mark of a promoted instance
-SCORE = "score"  # the state-dir mark caching the promotion score last set
-
-# Promotion scores: the promoted node keeps the role (with stickiness), a standby holding
-# synced copies comes next, one without any stays promotable (no clients at all, or the
-# only node left) but never beats a healthy node in sync.
-SCORE_PROMOTED = 100
-SCORE_IN_SYNC = 50
-SCORE_EMPTY = 5
-
-_REKEY_WORKERS = 8
-
-
-class Child(NamedTuple):
-    uniqueid: str
-    name: str
-    state: str
-    spis: str = ""  # "in/out": the same on the active SA and its synced copy
-
-
-class IkeSa(NamedTuple):
-    """One IKE_SA of our connections as ``list-sas`` shows it."""
-
-    uniqueid: str
-    conn: str
-    state: str
-    children: tuple[Child, ...]
-    spis: str = ""  # "initiator/responder"
-
-    @property
-    def passive(self) -> bool:
-        return self.state == "PASSIVE"
-
-    @property
-    def installed(self) -> list[Child]:
-        return [c for c in self.children if c.state == "INSTALLED"]
-
-
-class Sync(NamedTuple):
-    """What this node holds of our connections' state."""
-
-    active: int  # IKE_SAs this node serves (segment active here)
-    passive: int  # synced copies waiting for a takeover
-    passive_ready: int  # copies with an installed CHILD_SA (a takeover keeps their clients)
-
-    @property
-    def role(self) -> str:
-        if self.active and not self.passive:
-            return "active"
-        if self.passive and not self.active:
-            return "standby"
-        return "mixed" if self.active else "empty"
 
 
 # --------------------------------------------------------------------------- virtual-IP pools
@@ -142,7 +87,7 @@ def refuse_vici_pools(pools: Iterable[str], config: str) -> None:
 
 
 # --------------------------------------------------------------------------- plugin and FIFO
-def require_plugin(v: Any, timeout: float) -> None:
+def require_plugin(v: Vici, timeout: float) -> None:
     """charon must have the ``ha`` plugin loaded (VICI ``stats`` lists plugins)."""
     plugins = v.request("stats", timeout=timeout).get("plugins", [])
     if "ha" not in plugins:
@@ -197,182 +142,26 @@ def _unread(fd: int) -> int:
 
 
 # --------------------------------------------------------------------------- SAs
-def ours(v: Any, conns: Iterable[str], timeout: float) -> list[IkeSa]:
-    """IKE_SAs (with their children) of the given connections."""
-    names = set(conns)
-    out = []
-    for event in v.stream("list-sas", "list-sa", {"noblock": "yes"}, timeout=timeout):
-        for conn, body in event.items():
-            if conn not in names or not isinstance(body, dict):
-                continue
-            children = tuple(Child(str(c.get("uniqueid", "")), str(c.get("name", "")), str(c.get("state", "")),
-                                   f"{c.get('spi-in', '')}/{c.get('spi-out', '')}")
-                             for c in (body.get("child-sas") or {}).values() if isinstance(c, dict))
-            out.append(IkeSa(str(body.get("uniqueid", "")), conn, str(body.get("state", "")), children,
-                             f"{body.get('initiator-spi', '')}/{body.get('responder-spi', '')}"))
-    return out
-
-
-def summary(sas: Sequence[IkeSa]) -> Sync:
-    passive = [s for s in sas if s.passive]
-    return Sync(active=len(sas) - len(passive), passive=len(passive),
-                passive_ready=sum(1 for s in passive if s.installed))
-
-
-def wait_states(v: Any, conns: Sequence[str], passive: bool, seconds: float) -> list[IkeSa]:
+def wait_states(v: Vici, conns: Sequence[str], passive: bool, seconds: float) -> list[IkeSa]:
     """Poll until every IKE_SA of ours is PASSIVE (or none is); returns the last view."""
     end = time.monotonic() + seconds
     while True:
-        sas = ours(v, conns, timeout=max(end - time.monotonic(), 1.0))
-        if all(s.passive == passive for s in sas) or time.monotonic() >= end:
-            return sas
+        seen = sas.ours(v, conns, timeout=max(end - time.monotonic(), 1.0))
+        if all(s.passive == passive for s in seen) or time.monotonic() >= end:
+            return seen
         time.sleep(0.01)
 
 
-def rekey_all(uri: str, sas: Sequence[IkeSa], seconds: float) -> int:
-    """Rekey every installed CHILD_SA of ``sas``, concurrently; returns how many were queued.
-
-    VICI ``rekey`` by child name queues one rekey job per matching CHILD_SA and charon's
-    thread pool runs them in parallel; a ``child-id`` selector instead makes charon walk
-    every IKE_SA for each call (1000 SAs: a million checkouts). So: one call per
-    (connection, child name), those calls in parallel on their own VICI sessions.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    pairs = sorted({(s.conn, c.name) for s in sas for c in s.installed})
-    if not pairs:
-        return 0
-
-    def one(pair: tuple[str, str]) -> int:
-        with Vici(uri, timeout=seconds) as v:
-            try:
-                return int(v.request("rekey", {"ike": pair[0], "child": pair[1]}, timeout=seconds).get("matches", 0))
-            except ViciCommandError as e:
-                if "no matching" in e.errmsg:
-                    return 0
-                raise IpsecVipError(f"charon refused to rekey CHILD_SAs {pair[1]} of {pair[0]}: {e.errmsg}; "
-                                    "their clients recover only by their own means") from None
-
-    with ThreadPoolExecutor(max_workers=min(_REKEY_WORKERS, len(pairs))) as pool:
-        return sum(pool.map(one, pairs))
-
-
-def terminate(v: Any, selector: dict[str, str], timeout: float) -> None:
-    """Terminate one IKE_SA or CHILD_SA; one that vanished meanwhile is fine."""
-    try:
-        v.stream("terminate", "control-log", {**selector, "force": "yes", "timeout": "-1"}, timeout=timeout)
-    except ViciCommandError as e:
-        if "no matching" not in e.errmsg:
-            raise
-
-
-def drop_deleted_children(v: Any, sas: Sequence[IkeSa], timeout: float) -> int:
+def drop_deleted_children(v: Vici, seen: Sequence[IkeSa], timeout: float) -> int:
     """Terminate children a rekey left behind (DELETED): a PASSIVE IKE_SA would keep them forever."""
-    stale = [c for s in sas for c in s.children if c.state == "DELETED"]
+    stale = [c for s in seen for c in s.children if c.state == "DELETED"]
     for child in stale:
-        terminate(v, {"child-id": child.uniqueid}, timeout)
+        sas.terminate(v, {"child-id": child.uniqueid}, timeout)
     return len(stale)
 
 
-# --------------------------------------------------------------------------- in sync?
-UNSYNCED = "unsynced"  # the state-dir mark: since when (time.time()) the standby's copies differ
-DIGEST = "digest"  # the state-dir mark: the digest the promoted node published last
-OUT_OF_SYNC_AFTER = 15.0  # seconds a difference must last (a sync, or the next publish, takes a moment)
-
-
-def digest(sas: Sequence[IkeSa]) -> str:
-    """What the active node holds, or its copy on the standby (same SPIs): a short hash.
-
-    Children count in any state but DELETED/DESTROYING: after a rekey the active node lists the
-    old CHILD_SA as REKEYED for 5 s (delete_rekeyed_delay) while the copy, which never sees state
-    changes, lists it INSTALLED until the deletion is synced."""
-    import hashlib
-
-    items = sorted(f"{s.spis}:{','.join(sorted(c.spis for c in s.children if c.state not in _GONE))}"
-                   for s in sas)
-    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
-
-
-_GONE = ("DELETED", "DESTROYING")
-
-
-def _attribute(instance: str) -> str:
-    return "ipsec-vip-sync-" + instance.split(":", 1)[0]
-
-
-def publish(instance: str, value: str | None) -> None:
-    """The promoted node's digest as a transient node attribute (pacemaker-attrd; None deletes)."""
-    _attrd(["-n", _attribute(instance), *(["-D"] if value is None else ["-U", value, "-p"])])
-
-
-def peer_digest(instance: str, me: str) -> str | None:
-    """The digest another node published, or None (none published, attrd not answering)."""
-    out = _attrd(["-n", _attribute(instance), "-Q", "-A"])
-    for line in (out or "").splitlines():
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-        host, value = fields.get("host", "").strip('"'), fields.get("value", "").strip('"')
-        if host and host != me and value:
-            return value
-    return None
-
-
-def _attrd(args: list[str]) -> str | None:
-    """attrd_updater's output, None when it failed (logged, except a query's)."""
-    r = _run([ATTRD_UPDATER, *args])
-    if r is None or r.returncode != 0:
-        if r is not None and "-Q" not in args:
-            log.warning("attrd_updater failed: %s", (r.stderr or r.stdout).strip()[:200])
-        return None
-    return str(r.stdout)
-
-
-def _run(argv: list[str]) -> Result | None:
-    """The project's runner (fixed environment: with the agent's OCF_RESKEY_CRM_meta_on_node,
-    attrd_updater would answer a query for this node only, even with --all)."""
-    from ipsec_vip.errors import CommandError
-    from ipsec_vip.runner import Runner
-
-    try:
-        return Runner().run(argv, timeout=10)
-    except CommandError as e:
-        log.warning("%s", e)
-        return None
-
-
-def in_sync(states: StateDir, instance: str, mine: str, peer: str | None) -> bool:
-    """Compare the standby's copies with the promoted node's digest; a difference lasting
-    OUT_OF_SYNC_AFTER seconds means the standby missed syncs (link down, peer's plugin gone)."""
-    if peer is None or peer == mine:
-        states.set_mark(instance, UNSYNCED, None)
-        return True
-    since = states.mark(instance, UNSYNCED)
-    try:
-        first = float(since) if since else None
-    except ValueError:
-        first = None
-    if first is None:
-        states.set_mark(instance, UNSYNCED, repr(time.time()))
-        return True
-    return time.time() - first < OUT_OF_SYNC_AFTER
-
-
-# --------------------------------------------------------------------------- promotion score
-def score_for(promoted: bool, sync: Sync) -> int:
-    if promoted:
-        return SCORE_PROMOTED
-    return SCORE_IN_SYNC if sync.passive_ready else SCORE_EMPTY
-
-
-def set_score(instance: str, score: int | None) -> None:
-    """The clone's promotion score on this node (``crm_attribute --promotion``); None deletes."""
-    argv = [CRM_ATTRIBUTE, f"--promotion={instance.split(':', 1)[0]}", "-q"]
-    r = _run(argv + (["-D"] if score is None else ["-v", str(score)]))
-    if r is not None and r.returncode != 0:
-        log.warning("crm_attribute --promotion failed: %s", (r.stderr or r.stdout).strip()[:200])
-
-
 # --------------------------------------------------------------------------- the actions
-def start(params: Params, instance: str, states: StateDir, deadline: control.Deadline) -> str:
+def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
     """Every node: the plugin and its FIFO must be there, then load as the primitive does
     (with or without the VIP: the standby needs the connections by name for the sync)."""
     buffer = ""
@@ -400,7 +189,7 @@ def keep_sync_whole(vici_uri: str) -> str:
     return f"ha sync socket receive buffer {sock.rcvbuf} bytes ({sock.drops} drops so far); "
 
 
-def promote(params: Params, instance: str, states: StateDir, deadline: control.Deadline) -> str:
+def promote(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
     """Take the segment here, then rekey every synced CHILD_SA of ours (ESP sequence numbers
     are not synced). Refused, with nothing changed, where the VIP is not held."""
     if not vipmod.held(params.vip, params.interface):
@@ -411,88 +200,87 @@ def promote(params: Params, instance: str, states: StateDir, deadline: control.D
         if record is None:
             raise IpsecVipError("promote before start: the connections are not loaded here")
         check_fifo(params.ha_fifo)
-        uri, _ = control.target(record, params)
+        uri, _ = target(record, params)
         t0 = time.monotonic()
         with Vici(uri, timeout=deadline.left()) as v:
             send(params.ha_fifo, f"+{SEGMENT}", timeout=deadline.left())
-            states.set_mark(instance, PROMOTED, "1")
-            sas = wait_states(v, record.conns, passive=False, seconds=deadline.left(cap=5))
-            still = [s for s in sas if s.passive]
+            promotion.set_promoted(states, instance, True)
+            seen = wait_states(v, record.conns, passive=False, seconds=deadline.left(cap=5))
+            still = [s for s in seen if s.passive]
             if still:
                 raise IpsecVipError(f"segment taken but {len(still)} IKE_SA(s) stayed PASSIVE")
-            queued = rekey_all(uri, sas, deadline.left())
-    return (f"segment {SEGMENT} active here: {len(sas)} synced IKE_SA(s), rekey of {queued} CHILD_SA(s) queued "
+            queued = sas.rekey_all(uri, seen, deadline.left())
+    return (f"segment {SEGMENT} active here: {len(seen)} synced IKE_SA(s), rekey of {queued} CHILD_SA(s) queued "
             f"in {time.monotonic() - t0:.2f}s")
 
 
-def demote(params: Params | None, instance: str, states: StateDir, deadline: control.Deadline,
+def demote(params: Params | None, instance: str, states: StateDir, deadline: Deadline,
            record: Record | None = None) -> str:
     """Drop the segment here (the peer takes it at once); the SAs stay as PASSIVE copies."""
     with states.lock(deadline.left(cap=3600)):
         return _demote(params, instance, states, deadline, record)
 
 
-def _demote(params: Params | None, instance: str, states: StateDir, deadline: control.Deadline,
+def _demote(params: Params | None, instance: str, states: StateDir, deadline: Deadline,
             record: Record | None) -> str:
     record = record or control.read_record(params, instance, states)
     fifo = params.ha_fifo if params else DEFAULT_HA_FIFO
-    promoted = states.mark(instance, PROMOTED) is not None
+    promoted = promotion.promoted(states, instance)
     if record is None:
-        states.set_mark(instance, PROMOTED, None)
+        promotion.set_promoted(states, instance, False)
         return "not started here"
-    uri, _ = control.target(record, params)
+    uri, _ = target(record, params)
     try:
         with Vici(uri, timeout=deadline.left()) as v:
-            sas = ours(v, record.conns, deadline.left())
-            if not promoted and all(s.passive for s in sas):
+            seen = sas.ours(v, record.conns, deadline.left())
+            if not promoted and all(s.passive for s in seen):
                 return "not promoted here"
-            dropped = drop_deleted_children(v, sas, deadline.left())
+            dropped = drop_deleted_children(v, seen, deadline.left())
             send(fifo, f"-{SEGMENT}", timeout=deadline.left())
-            states.set_mark(instance, PROMOTED, None)
-            sas = wait_states(v, record.conns, passive=True, seconds=deadline.left(cap=5))
+            promotion.set_promoted(states, instance, False)
+            seen = wait_states(v, record.conns, passive=True, seconds=deadline.left(cap=5))
     except ViciUnreachable:
-        states.set_mark(instance, PROMOTED, None)
+        promotion.set_promoted(states, instance, False)
         return "charon is not running: nothing to demote"
-    active = [s for s in sas if not s.passive]
+    active = [s for s in seen if not s.passive]
     if active:
         raise IpsecVipError(f"segment dropped but {len(active)} IKE_SA(s) are still active here")
-    return f"segment {SEGMENT} dropped: {len(sas)} IKE_SA(s) kept as passive copies ({dropped} stale children removed)"
+    return f"segment {SEGMENT} dropped: {len(seen)} IKE_SA(s) kept as passive copies ({dropped} stale children removed)"
 
 
-def stop(params: Params | None, instance: str, states: StateDir, deadline: control.Deadline) -> str:
+def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline) -> str:
     """Demote if promoted, destroy the PASSIVE copies (nothing reaches peer or client), unload."""
     with states.lock(deadline.left(cap=3600)):
         record = control.read_record(params, instance, states)
         done = []
         if record is not None:
             done.append(_demote(params, instance, states, deadline, record))
-            uri, _ = control.target(record, params)
+            uri, _ = target(record, params)
             try:
                 with Vici(uri, timeout=deadline.left()) as v:
-                    copies = [s for s in ours(v, record.conns, deadline.left()) if s.passive]
+                    copies = [s for s in sas.ours(v, record.conns, deadline.left()) if s.passive]
                     for sa in copies:
-                        terminate(v, {"ike-id": sa.uniqueid}, deadline.left())
+                        sas.terminate(v, {"ike-id": sa.uniqueid}, deadline.left())
                 done.append(f"{len(copies)} passive copies destroyed")
             except ViciUnreachable:
                 pass
-        states.set_mark(instance, PROMOTED, None)
-        states.set_mark(instance, SCORE, None)
+        promotion.set_promoted(states, instance, False)
     done.append(control.stop(params, instance, states, deadline))
     return "; ".join(done)
 
 
-def resync_peer(params: Params, instance: str, states: StateDir, deadline: control.Deadline) -> str:
+def resync_peer(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
     """On the active node, after the peer started: resend our state to it (``*1``), once."""
     with states.lock(deadline.left(cap=3600)):
         record = states.read(instance)
-        if record is None or states.mark(instance, PROMOTED) is None:
+        if record is None or not promotion.promoted(states, instance):
             return "not promoted here: the active node resyncs"
-        with Vici(control.target(record, params)[0], timeout=deadline.left()) as v:
-            sas = ours(v, record.conns, deadline.left())
-        if any(s.passive for s in sas):
+        with Vici(target(record, params)[0], timeout=deadline.left()) as v:
+            seen = sas.ours(v, record.conns, deadline.left())
+        if any(s.passive for s in seen):
             raise IpsecVipError("promoted but holding PASSIVE IKE_SAs: not resyncing from a passive node")
         send(params.ha_fifo, f"*{SEGMENT}", timeout=deadline.left())
-    return f"resync of {len(sas)} IKE_SA(s) sent to the peer"
+    return f"resync of {len(seen)} IKE_SA(s) sent to the peer"
 
 
 class Status(NamedTuple):
@@ -503,22 +291,22 @@ class Status(NamedTuple):
 
 
 def check(params: Params, instance: str, record: Record, states: StateDir, level: int,
-          deadline: control.Deadline) -> Status:
+          deadline: Deadline) -> Status:
     """Health of a started stateful instance; a promoted one that cannot serve raises FailedPromoted."""
-    promoted = states.mark(instance, PROMOTED) is not None
+    promoted = promotion.promoted(states, instance)
     health = control.check(params._replace(start_without_vip=True), record, level, deadline)
     if not health.running or health.problems:
         if promoted:
             raise FailedPromoted((health.problems or ["charon is not running"])[0])
         return Status(promoted, Sync(0, 0, 0), health)
-    uri, interface = control.target(record, params)
+    uri, interface = target(record, params)
     with Vici(uri, timeout=deadline.left()) as v:
-        sas = ours(v, record.conns, deadline.left())
-    sync = summary(sas)
+        seen = sas.ours(v, record.conns, deadline.left())
+    sync = sas.summary(seen)
     if promoted:
         if not vipmod.held(params.vip, interface):
             raise FailedPromoted(f"promoted but VIP {params.vip} is not held by this node")
         if sync.passive:
             raise FailedPromoted(f"promoted but {sync.passive} IKE_SA(s) are PASSIVE here: the peer took the "
                                  "segment (both nodes promoted?)")
-    return Status(promoted, sync, health, digest([s for s in sas if s.passive != promoted]))
+    return Status(promoted, sync, health, promotion.digest([s for s in seen if s.passive != promoted]))

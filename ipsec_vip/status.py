@@ -218,7 +218,7 @@ def _virtual_ips(conns: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 def _ha(conns: list[dict[str, Any]]) -> dict[str, Any]:
     """Stateful mode: this node's role in the state sync and how many SAs it holds."""
-    from ipsec_vip.hasync import Sync
+    from ipsec_vip.sas import Sync
 
     ikes = [i for c in conns for i in c["ike_sas"]]
     passive = [i for i in ikes if i["state"] == "PASSIVE"]

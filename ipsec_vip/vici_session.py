@@ -263,6 +263,73 @@ def parse(data: bytes) -> dict[str, Any]:
     return root
 
 
+def message_size(message: dict[str, Any]) -> int:
+    """Bytes of ``message`` as a VICI request body (charon drops requests over 512 KiB)."""
+    _session_class()  # the package, loaded the cheap way
+    from vici.protocol import Message
+
+    return len(Message.serialize(message))
+
+
+class LogListener:
+    """charon's log as VICI ``log`` events, collected by a thread, per IKE_SA unique id."""
+
+    def __init__(self, uri: str, timeout: float) -> None:
+        _session_class()  # the package, loaded the cheap way
+        from vici.protocol import Packet, Transport
+
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(max(timeout, 0.1))
+        self.lines: dict[int, list[str]] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+        try:
+            self._sock.connect(socket_path(uri))
+            self._transport = Transport(self._sock)
+            self._transport.send(Packet.register_event("log"))
+            while True:
+                kind = Packet.parse(self._transport.receive()).response_type
+                if kind == Packet.EVENT_CONFIRM:
+                    break
+                if kind != Packet.EVENT:
+                    raise ViciError("charon does not offer its log over VICI")
+        except (OSError, ValueError) as e:
+            self._sock.close()
+            raise ViciError(f"cannot listen to charon's log on {uri}: {e}") from None
+        self._thread = threading.Thread(target=self._loop, name="vici-log", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        from vici.protocol import Message, Packet
+
+        while not self._stopped:
+            try:
+                packet = Packet.parse(self._transport.receive(0.2))
+            except socket.timeout:
+                continue
+            except (OSError, ValueError):
+                return
+            if packet.response_type != Packet.EVENT:
+                continue
+            with contextlib.suppress(Exception):
+                event = decode(Message.deserialize(packet.payload))
+                ike_id = int(event.get("ikesa-uniqueid", 0))
+                if ike_id:
+                    with self._lock:
+                        self.lines.setdefault(ike_id, []).append(str(event.get("msg", "")))
+
+    def of(self, ike_id: int) -> list[str]:
+        with self._lock:
+            return list(self.lines.get(ike_id, ()))
+
+    def close(self) -> None:
+        self._stopped = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(1.0)
+        self._sock.close()
+
+
 class _Watchdog:
     """Shuts the connection's socket down when a call outlives its deadline.
 

@@ -47,6 +47,7 @@ from collections.abc import Callable
 
 from ipsec_vip import control, netlink, watchconf
 from ipsec_vip import vip as vipmod
+from ipsec_vip.action import Deadline
 from ipsec_vip.errors import IpsecVipError, NetlinkError, StateError
 from ipsec_vip.params import Params
 from ipsec_vip.state import Record, StateDir
@@ -276,7 +277,7 @@ class Watcher:
             return
         if self._check_at is not None and now >= self._check_at:
             self._verify = True
-        deadline = control.Deadline(self.timeout)
+        deadline = Deadline(self.timeout)
         try:
             record = self.states.read(self.instance)
             if held and (record is None or (self._verify and not self._healthy(record, deadline))):
@@ -307,7 +308,7 @@ class Watcher:
         except StateError:
             return True
 
-    def _healthy(self, record: Record, deadline: control.Deadline) -> bool:
+    def _healthy(self, record: Record, deadline: Deadline) -> bool:
         health = control.check(self.params, record, 0, deadline)
         if health.running and not health.problems:
             return True
@@ -334,7 +335,7 @@ class Watcher:
         """On exit: the agent's stop (unload; terminate SAs only where the VIP is gone)."""
         notify("STOPPING=1")
         try:
-            log.info("%s", control.stop(self.params, self.instance, self.states, control.Deadline(self.timeout)))
+            log.info("%s", control.stop(self.params, self.instance, self.states, Deadline(self.timeout)))
         except IpsecVipError as e:
             log.error("stop failed: %s", e)
             return 1

@@ -16,6 +16,7 @@ import pytest
 
 from ipsec_vip import agent, control
 from ipsec_vip import vip as vipmod
+from ipsec_vip.action import Deadline
 from ipsec_vip.errors import ConfigError, NetlinkError
 from ipsec_vip.params import Params
 from ipsec_vip.state import Record, StateDir
@@ -55,8 +56,8 @@ def bed(tmp_path, monkeypatch):
     charon.close()
 
 
-def deadline() -> control.Deadline:
-    return control.Deadline(10)
+def deadline() -> Deadline:
+    return Deadline(10)
 
 
 def test_start_loads_secrets_pools_then_conns_and_records_them(bed):

@@ -118,14 +118,6 @@ def test_send_refuses_a_regular_file(env):
     assert f.read_text() == ""
 
 
-def test_promotion_scores_prefer_a_standby_in_sync():
-    empty, synced = hasync.Sync(0, 0, 0), hasync.Sync(0, 3, 3)
-    assert hasync.score_for(True, hasync.Sync(3, 0, 0)) > hasync.score_for(False, synced) > \
-        hasync.score_for(False, empty) > 0
-    assert hasync.score_for(False, hasync.Sync(0, 2, 0)) == hasync.score_for(False, empty)  # copies without CHILD_SAs
-    assert synced.role == "standby" and hasync.Sync(3, 0, 0).role == "active" and empty.role == "empty"
-
-
 def test_ha_settings_follow_strongswan_conf_grammar(tmp_path):
     from ipsec_vip import preflight, swanctl
 
@@ -142,41 +134,3 @@ def test_ha_settings_follow_strongswan_conf_grammar(tmp_path):
     assert swanctl.settings(str(main), "charon.plugins.vici") is None
     assert preflight._ha_settings(str(main)) == {"local": "192.0.2.1", "monitor": "no", "secret": "s e c",
                                                  "remote": "192.0.2.2"}
-
-
-def test_a_standby_is_out_of_sync_only_when_the_difference_lasts(tmp_path, monkeypatch):
-    from ipsec_vip.state import StateDir
-
-    states = StateDir(str(tmp_path))
-    now = [1000.0]
-    monkeypatch.setattr(hasync.time, "time", lambda: now[0])
-    assert hasync.in_sync(states, "vpn", "aaa", None)  # nothing published: no verdict
-    assert hasync.in_sync(states, "vpn", "aaa", "aaa")
-    assert hasync.in_sync(states, "vpn", "aaa", "bbb")  # a sync or a publish may be on its way
-    now[0] += hasync.OUT_OF_SYNC_AFTER - 1
-    assert hasync.in_sync(states, "vpn", "aaa", "bbb")
-    now[0] += 2
-    assert not hasync.in_sync(states, "vpn", "aaa", "bbb")
-    assert hasync.in_sync(states, "vpn", "bbb", "bbb")  # caught up: the clock restarts
-    now[0] += 100
-    assert hasync.in_sync(states, "vpn", "bbb", "ccc")
-
-
-def test_digest_is_the_same_for_an_sa_and_its_synced_copy():
-    child = hasync.Child("7", "rw", "INSTALLED", "c1/c2")
-    active = hasync.IkeSa("3", "rw", "ESTABLISHED", (child, hasync.Child("5", "rw", "DELETED", "o1/o2")), "i/r")
-    copy = hasync.IkeSa("9", "rw", "PASSIVE", (hasync.Child("1", "rw", "INSTALLED", "c1/c2"),), "i/r")
-    assert hasync.digest([active]) == hasync.digest([copy])
-    stale = copy._replace(children=(hasync.Child("1", "rw", "INSTALLED", "o1/o2"),))
-    assert hasync.digest([stale]) != hasync.digest([active])
-    rekeying = active._replace(children=(child, hasync.Child("5", "rw", "REKEYED", "o1/o2")))
-    copy_of_both = copy._replace(children=(*copy.children, hasync.Child("2", "rw", "INSTALLED", "o1/o2")))
-    assert hasync.digest([rekeying]) == hasync.digest([copy_of_both])  # the 5 s before the old one goes
-
-
-def test_peer_digest_reads_the_other_nodes_value(monkeypatch):
-    out = 'name="ipsec-vip-sync-vpn" host="gw1" value="mine"\nname="ipsec-vip-sync-vpn" host="gw2" value="theirs"\n'
-    monkeypatch.setattr(hasync, "_attrd", lambda args: out)
-    assert hasync.peer_digest("vpn:1", "gw1") == "theirs"
-    monkeypatch.setattr(hasync, "_attrd", lambda args: 'name="ipsec-vip-sync-vpn" host="gw1" value=""\n')
-    assert hasync.peer_digest("vpn", "gw1") is None

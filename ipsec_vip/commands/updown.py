@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ipsec_vip import control
+from ipsec_vip.action import Deadline
 from ipsec_vip.commands.common import add_handoff_option, add_vip_options, params_from
 from ipsec_vip.state import StateDir
 
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     params = params_from(args)
     instance = f"cli-{params.vip}"
-    deadline = control.Deadline(args.timeout)
+    deadline = Deadline(args.timeout)
     if args.command == "up":
         print(control.start(params, instance, StateDir(), deadline))
     else:

@@ -7,10 +7,13 @@ import contextlib
 import os
 import stat
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipsec_vip.errors import IpsecVipError, ViciCommandError
 from ipsec_vip.mesh.render import SWANCTL_FILE, File
+
+if TYPE_CHECKING:
+    from ipsec_vip.vici_session import Vici
 
 PREFIX = "mesh-"
 
@@ -63,7 +66,7 @@ def file_drift(root: str, files: Sequence[File]) -> list[str]:
     return out
 
 
-def loaded_drift(v: Any, rendered: dict[str, Any], secret_ids: Sequence[str]) -> list[str]:
+def loaded_drift(v: Vici, rendered: dict[str, Any], secret_ids: Sequence[str]) -> list[str]:
     """Rendered connections and secrets charon does not have; mesh connections it has that
     render no longer writes."""
     conns = set(v.request("get-conns")["conns"])
@@ -75,20 +78,20 @@ def loaded_drift(v: Any, rendered: dict[str, Any], secret_ids: Sequence[str]) ->
     return out
 
 
-def load(v: Any, root: str, timeout: float = 60.0) -> tuple[int, int, list[str]]:
+def load(v: Vici, root: str, timeout: float = 60.0) -> tuple[int, int, list[str]]:
     """Load the installed mesh file's secrets and connections, replacing ours and unloading mesh
     connections it no longer has (connections and secrets of others stay), then initiate each of
     its started connections that has no IKE_SA at all: a tunnel refused with an error notify (e.g.
     NO_PROPOSAL_CHOSEN from a VIP holder whose responder was not loaded yet) is never retried by
     charon. A tunnel to an address this node holds (its own VIP) is left alone.
     Returns (loaded, unloaded, initiated)."""
-    from ipsec_vip import swanctl
-    from ipsec_vip import vip as vipmod
-    from ipsec_vip.control import Deadline, _load  # the agent's loader: secrets, then conns in batches
+    from ipsec_vip import control, sas, swanctl  # the agent's loader: secrets, then conns in batches
+    from ipsec_vip.action import Deadline
+    from ipsec_vip.selection import Selection
 
     deadline = Deadline(timeout)
     config = swanctl.load(os.path.join(root, SWANCTL_FILE))
-    _load(v, config, deadline)
+    control.load(v, Selection(config.connections, config.secrets, config.pools), deadline)  # the whole file
     stale = [c for c in v.request("get-conns")["conns"] if c.startswith(PREFIX) and c not in config.connections]
     for name in stale:
         try:
@@ -96,14 +99,13 @@ def load(v: Any, root: str, timeout: float = 60.0) -> tuple[int, int, list[str]]
         except ViciCommandError as e:
             if "not found" not in e.errmsg:
                 raise
-    present = {name for sa in v.stream("list-sas", "list-sa", {"noblock": "yes"}, timeout=deadline.left())
-               for name in sa}
+    present = {s.conn for s in sas.ours(v, config.connections, deadline.left())}
     initiated = []
     for name, body in sorted(config.connections.items()):
         children = [c for c, cb in (body.get("children") or {}).items()
                     if "start" in str(cb.get("start_action", "")).split("|")]
         remote = (body.get("remote_addrs") or [""])[0]
-        if not children or name in present or _held(vipmod, remote):
+        if not children or name in present or _held(remote):
             continue
         try:
             v.stream("initiate", "control-log", {"child": children[0], "ike": name, "timeout": "-1",
@@ -114,7 +116,9 @@ def load(v: Any, root: str, timeout: float = 60.0) -> tuple[int, int, list[str]]
     return len(config.connections), len(stale), initiated
 
 
-def _held(vipmod: Any, address: str) -> bool:
+def _held(address: str) -> bool:
+    from ipsec_vip import vip as vipmod
+
     try:
         return bool(vipmod.held(vipmod.parse_vip(address)))
     except ValueError:

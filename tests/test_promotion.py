@@ -1,0 +1,175 @@
+"""Stateful mode's standing (ipsec_vip.promotion): the promotion score, the sync digest and its
+comparison, and the Pacemaker attributes drawing from the action's one deadline - a stop whose
+attrd does not answer still unloads and returns within its timeout (issue 20 item 4)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ipsec_vip import agent, control, promotion
+from ipsec_vip import vip as vipmod
+from ipsec_vip.action import Deadline
+from ipsec_vip.params import Params
+from ipsec_vip.runner import Result
+from ipsec_vip.sas import Child, IkeSa, Sync
+from ipsec_vip.state import StateDir
+from lab.core import GATEWAY_CONF
+from tests.vici_fakes import FakeCharon
+
+VIP = "192.0.2.199"
+
+
+def test_promotion_scores_prefer_a_standby_in_sync():
+    empty, synced = Sync(0, 0, 0), Sync(0, 3, 3)
+    assert promotion.score_for(True, Sync(3, 0, 0)) > promotion.score_for(False, synced) > \
+        promotion.score_for(False, empty) > 0
+    assert promotion.score_for(False, Sync(0, 2, 0)) == promotion.score_for(False, empty)  # copies without CHILD_SAs
+    assert synced.role == "standby" and Sync(3, 0, 0).role == "active" and empty.role == "empty"
+
+
+def test_a_standby_is_out_of_sync_only_when_the_difference_lasts(tmp_path, monkeypatch):
+    states = StateDir(str(tmp_path))
+    now = [1000.0]
+    monkeypatch.setattr(promotion.time, "time", lambda: now[0])
+    assert promotion.in_sync(states, "vpn", "aaa", None)  # nothing published: no verdict
+    assert promotion.in_sync(states, "vpn", "aaa", "aaa")
+    assert promotion.in_sync(states, "vpn", "aaa", "bbb")  # a sync or a publish may be on its way
+    now[0] += promotion.OUT_OF_SYNC_AFTER - 1
+    assert promotion.in_sync(states, "vpn", "aaa", "bbb")
+    now[0] += 2
+    assert not promotion.in_sync(states, "vpn", "aaa", "bbb")
+    assert promotion.in_sync(states, "vpn", "bbb", "bbb")  # caught up: the clock restarts
+    now[0] += 100
+    assert promotion.in_sync(states, "vpn", "bbb", "ccc")
+
+
+def test_digest_is_the_same_for_an_sa_and_its_synced_copy():
+    child = Child("7", "rw", "INSTALLED", "c1/c2")
+    active = IkeSa("3", "rw", "ESTABLISHED", (child, Child("5", "rw", "DELETED", "o1/o2")), "i/r")
+    copy = IkeSa("9", "rw", "PASSIVE", (Child("1", "rw", "INSTALLED", "c1/c2"),), "i/r")
+    assert promotion.digest([active]) == promotion.digest([copy])
+    stale = copy._replace(children=(Child("1", "rw", "INSTALLED", "o1/o2"),))
+    assert promotion.digest([stale]) != promotion.digest([active])
+    rekeying = active._replace(children=(child, Child("5", "rw", "REKEYED", "o1/o2")))
+    copy_of_both = copy._replace(children=(*copy.children, Child("2", "rw", "INSTALLED", "o1/o2")))
+    assert promotion.digest([rekeying]) == promotion.digest([copy_of_both])  # the 5 s before the old one goes
+
+
+class Answers:
+    """A runner answering attrd_updater's query from a table (the project's runner's interface)."""
+
+    def __init__(self, stdout: str) -> None:
+        self.stdout = stdout
+        self.calls: list[list[str]] = []
+
+    def run(self, argv, *, timeout, stdin=None):
+        self.calls.append(list(argv))
+        return Result(0, self.stdout, "")
+
+
+def test_peer_digest_reads_the_other_nodes_value():
+    runner = Answers('name="ipsec-vip-sync-vpn" host="gw1" value="mine"\n'
+                     'name="ipsec-vip-sync-vpn" host="gw2" value="theirs"\n')
+    assert promotion.Attributes("vpn:1", Deadline(5), runner).peer_digest("gw1") == "theirs"
+    assert runner.calls == [[promotion.ATTRD_UPDATER, "-n", "ipsec-vip-sync-vpn", "-Q", "-A"]]
+    runner = Answers('name="ipsec-vip-sync-vpn" host="gw1" value=""\n')
+    assert promotion.Attributes("vpn", Deadline(5), runner).peer_digest("gw1") is None
+
+
+def test_an_attribute_draws_from_the_deadline_and_is_skipped_without_time():
+    runner = Answers("")
+    spent = Deadline(0.0)
+    promotion.Attributes("vpn", spent, runner).set_score(None)
+    assert runner.calls == []  # nothing left: not even started
+
+    class Timed(Answers):
+        def run(self, argv, *, timeout, stdin=None):
+            self.timeout = timeout
+            return super().run(argv, timeout=timeout, stdin=stdin)
+
+    runner = Timed("")
+    promotion.Attributes("vpn", Deadline(3.0), runner).publish("abc")
+    assert 2.0 < runner.timeout <= 3.0  # what is left of the action's time, not a fixed 10 s
+
+
+@pytest.fixture
+def hanging_attrd(tmp_path, monkeypatch):
+    """crm_attribute and attrd_updater that never answer (attrd hung), run by the project's runner;
+    each call leaves its argv in ``calls``."""
+    calls = tmp_path / "calls"
+    for name in ("crm_attribute", "attrd_updater"):
+        tool = tmp_path / name
+        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\nexec sleep 600\n')
+        tool.chmod(0o755)
+        monkeypatch.setattr(promotion, name.upper(), str(tool))
+    return calls
+
+
+def test_stateful_stop_without_attrd_unloads_within_its_timeout(tmp_path, monkeypatch, capsys, hanging_attrd):
+    """Stop of a started stateful instance that had published its digest, in a cluster whose
+    attrd does not answer: the unload happens, the attributes get only what is left of the
+    deadline (the second is skipped) and stop returns 0 inside its 4 s timeout. Before, each of
+    the two commands had a fixed 10 s: about 20 s."""
+    charon = FakeCharon(tmp_path / "charon.vici")
+    try:
+        conf = tmp_path / "swanctl.conf"
+        conf.write_text(GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40})
+        conf.chmod(0o600)
+        monkeypatch.setattr(vipmod, "held", lambda vip, interface=None: False)  # the VIP left first
+        states = StateDir(str(tmp_path / "rsc"))
+        states.ensure()
+        params = Params(vip=vipmod.parse_vip(VIP), config=str(conf), vici_socket=charon.uri,
+                        ha_fifo=str(tmp_path / "charon.ha"))
+        control.start(params._replace(start_without_vip=True, handoff="none"), "vpn", states, Deadline(10))
+        states.set_mark("vpn", promotion.DIGEST, "0123456789abcdef")  # published while promoted
+        states.set_mark("vpn", promotion.SCORE, str(promotion.SCORE_IN_SYNC))
+        charon.sas = {"rw": [{"uniqueid": "2", "state": "PASSIVE", "version": "2"}]}  # a synced copy
+        env = {"OCF_RESOURCE_INSTANCE": "vpn", "HA_RSCTMP": str(tmp_path / "rsc"), "OCF_RESKEY_vip": VIP,
+               "OCF_RESKEY_config": str(conf), "OCF_RESKEY_vici_socket": charon.uri,
+               "OCF_RESKEY_ha_fifo": str(tmp_path / "charon.ha"), "OCF_RESKEY_CRM_meta_promotable": "true",
+               "OCF_RESKEY_CRM_meta_on_node": "gw1", "OCF_RESKEY_CRM_meta_timeout": "4000"}
+        monkeypatch.setattr(os, "environ", {**env, "PATH": "/usr/bin:/bin"})
+        t0 = time.monotonic()
+        rc = agent.main(["strongswan", "stop"], env)
+        took = time.monotonic() - t0
+    finally:
+        charon.close()
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert took < 4.0, f"stop took {took:.1f}s against a 4 s timeout"
+    assert charon.loaded == {} and not charon.keys and not charon.pools and charon.sas == {"rw": []}
+    assert not states.started("vpn")
+    assert hanging_attrd.read_text().splitlines() == ["attrd_updater -n ipsec-vip-sync-vpn -D"]
+    assert "did not finish within" in err and "crm_attribute --promotion=vpn -q skipped" in err, err
+    assert states.mark("vpn", promotion.DIGEST) is None and states.mark("vpn", promotion.SCORE) is None
+
+
+def test_a_started_stateful_monitor_imports_no_typing(tmp_path, monkeypatch):
+    """The stateful monitor's path holds like the primitive's (test_control): no typing, no parser,
+    no selection, no runner for an instance run outside Pacemaker."""
+    charon = FakeCharon(tmp_path / "charon.vici")
+    try:
+        conf = tmp_path / "swanctl.conf"
+        conf.write_text(GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40})
+        conf.chmod(0o600)
+        states = StateDir(str(tmp_path / "rsc"))
+        states.ensure()
+        params = Params(vip=vipmod.parse_vip(VIP), config=str(conf), vici_socket=charon.uri)
+        control.start(params._replace(start_without_vip=True, handoff="none"), "vpn", states, Deadline(10))
+        env = {"OCF_RESKEY_vip": VIP, "OCF_RESKEY_config": str(conf), "OCF_RESKEY_vici_socket": charon.uri,
+               "OCF_RESOURCE_INSTANCE": "vpn", "OCF_RESKEY_CRM_meta_promotable": "true",
+               "OCF_RESKEY_CRM_meta_interval": "10000", "HA_RSCTMP": str(tmp_path / "rsc")}
+        code = ("import os, sys; from ipsec_vip import agent; rc = agent.main(['strongswan', 'monitor'], os.environ); "
+                "print(rc, *sorted(m for m in ('typing', 'ipsec_vip.swanctl', 'ipsec_vip.selection', "
+                "'ipsec_vip.runner', 'subprocess') if m in sys.modules))")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                           env={**env, "PATH": "/usr/bin:/bin"})
+        assert p.stdout.split() == ["0"], p.stderr  # 0: started, not promoted, healthy
+        assert charon.sent("list-sas"), "the stateful monitor did look at the SAs"
+    finally:
+        charon.close()
