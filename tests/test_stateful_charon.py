@@ -269,6 +269,40 @@ def test_a_client_connecting_after_a_move_gets_an_address_nobody_holds(halab):
                 pass
             s.unload_conn({"name": "late"})
     wait(lambda: len(gw_state(lb, new)) == 1, f"the late client's SA gone from {new}")
+
+
+def test_a_stop_with_attrd_hung_unloads_within_its_timeout(halab, tmp_path):
+    """Pacemaker's move with the old holder's attrd not answering (crm_attribute and
+    attrd_updater hang, bind-mounted over the real ones): its stop still demotes, destroys the
+    copies and unloads, and returns 0 inside its 6 s timeout - the promotion score is skipped for
+    lack of time, never waited for (before: a fixed 10 s for each command, past the timeout:
+    Pacemaker fences a node whose stop times out). The new holder takes the client over."""
+    env, lb = halab, halab["lab"]
+    active = next(gw for gw in ("gw1", "gw2") if act(env, gw, "monitor").rc == 8)
+    new = "gw2" if active == "gw1" else "gw1"
+    if act(env, new, "monitor").rc == 7:  # stopped by the test before: the peer first
+        rejoin(env, new, active)
+    hang = tmp_path / "hang"
+    hang.write_text("#!/bin/sh\nexec sleep 600\n")
+    hang.chmod(0o755)
+    mounts = " && ".join(f"mount --bind {hang} /usr/sbin/{tool}" for tool in ("crm_attribute", "attrd_updater"))
+    hung = ("unshare", "-m", "sh", "-c", f'{mounts} && exec "$@"', "sh")
+    ok(act(env, active, "demote"))
+    lb.del_vip(active)
+    lb.add_vip(new)
+    charon = lb.gateways[active]
+    params = {"vip": lab.VIP, "config": str(env["conf"]), "vici_socket": charon.uri, "ha_fifo": charon.ha_fifo}
+    t0 = time.monotonic()
+    r = lab.agent("stop", params, netns=lb.ns(active), rsctmp=env["rsctmp"][active], wrap=hung,
+                  OCF_RESKEY_CRM_meta_timeout="6000", OCF_RESKEY_CRM_meta_on_node=active, **PROMOTABLE)
+    took = time.monotonic() - t0
+    assert r.rc == 0, r.stderr
+    assert took < 6.0, f"stop took {took:.1f}s against its 6 s timeout"
+    assert "crm_attribute" in r.stderr and "did not finish within" in r.stderr, r.stderr
+    assert charon.conns() == [] and gw_state(lb, active) == []
+    ok(act(env, new, "promote"))
+    flows(lb)
+    assert traffic(lb)
     rejoin(env, active, new)
 
 
