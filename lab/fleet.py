@@ -106,25 +106,49 @@ def client_conn(i: int, vip: str = lab.VIP) -> dict[str, Any]:
     }}
 
 
-# A UDP echo client for the sampled clients: one socket bound to each client's virtual IP,
-# a datagram every INTERVAL s from each; prints "index monotonic-time" for each answer.
+# A UDP echo client for the sampled clients: one socket bound to each client's virtual IP
+# (read from MAPFILE, "index vip" a line, re-read when it changes: a client that reconnects may
+# get another address), a datagram every INTERVAL s from each; prints "index monotonic-time"
+# for each answer.
 PROBE = r"""
-import selectors, socket, sys, time
+import os, selectors, socket, sys, time
 out = open(sys.argv[1], "w", buffering=1)
-interval, server, vips = float(sys.argv[2]), sys.argv[3], sys.argv[4:]
+interval, server, mapfile = float(sys.argv[2]), sys.argv[3], sys.argv[4]
 sel = selectors.DefaultSelector()
-socks = []
-for i, v in enumerate(vips):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((v, 0))
-    s.setblocking(False)
-    sel.register(s, selectors.EVENT_READ, i)
-    socks.append(s)
+socks, bound, seen = {}, {}, None
+
+def remap():
+    global seen
+    try:
+        stamp = os.stat(mapfile).st_mtime_ns
+    except OSError:
+        return
+    if stamp == seen:
+        return
+    seen = stamp
+    for line in open(mapfile).read().splitlines():
+        i, vip = int(line.split()[0]), line.split()[1]
+        if bound.get(i) == vip:
+            continue
+        if i in socks:
+            sel.unregister(socks[i])
+            socks.pop(i).close()
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind((vip, 0))
+        except OSError:
+            s.close()
+            continue
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+        socks[i], bound[i] = s, vip
+
 nxt = time.monotonic()
 while True:
     now = time.monotonic()
     if now >= nxt:
-        for s in socks:
+        remap()
+        for s in socks.values():
             try:
                 s.sendto(b"p", (server, 7))
             except OSError:
@@ -135,7 +159,7 @@ while True:
             while True:
                 key.fileobj.recv(64)
                 out.write("%d %.4f\n" % (key.data, time.monotonic()))
-        except BlockingIOError:
+        except (BlockingIOError, OSError):
             pass
 """
 
@@ -349,22 +373,28 @@ class Fleet:
         return new
 
     def snapshot(self) -> dict[str, ClientSA]:
-        """Client name -> what it holds (one list-sas of the client charon)."""
+        """Client name -> what it holds (one list-sas of the client charon). A client that
+        holds more than one IKE_SA (after a REDIRECT its old one lingers in DELETING, its DELETE
+        unanswered) is represented by its newest ESTABLISHED one with an installed CHILD_SA."""
+        from ipsec_vip.vici_session import Vici
+
         out: dict[str, ClientSA] = {}
-        s = self._session(60)
-        try:
-            for sa in s.list_sas():
-                for name, body in sa.items():
-                    b = lab.decode(body)
-                    kids = [ch for ch in (b.get("child-sas") or {}).values() if ch.get("state") == "INSTALLED"]
-                    vips = b.get("local-vips") or []
-                    out[name] = ClientSA(spis=(b.get("initiator-spi", ""), b.get("responder-spi", "")),
-                                         state=b.get("state", ""), vip=vips[0] if vips else None,
-                                         child_installed=bool(kids),
-                                         bytes_in=sum(int(ch.get("bytes-in", 0)) for ch in kids),
-                                         bytes_out=sum(int(ch.get("bytes-out", 0)) for ch in kids))
-        finally:
-            s.transport.close()
+        rank: dict[str, tuple[bool, int]] = {}
+        with Vici(self.charon.uri, timeout=60) as v:
+            events = v.stream("list-sas", "list-sa", {"noblock": "yes"})
+        for event in events:
+            for name, b in event.items():
+                kids = [ch for ch in (b.get("child-sas") or {}).values() if ch.get("state") == "INSTALLED"]
+                key = (b.get("state") == "ESTABLISHED" and bool(kids), int(b.get("uniqueid", 0)))
+                if name in rank and rank[name] > key:
+                    continue
+                rank[name] = key
+                vips = b.get("local-vips") or []
+                out[name] = ClientSA(spis=(b.get("initiator-spi", ""), b.get("responder-spi", "")),
+                                     state=b.get("state", ""), vip=vips[0] if vips else None,
+                                     child_installed=bool(kids),
+                                     bytes_in=sum(int(ch.get("bytes-in", 0)) for ch in kids),
+                                     bytes_out=sum(int(ch.get("bytes-out", 0)) for ch in kids))
         return out
 
     def sample(self) -> list[int]:
@@ -397,10 +427,8 @@ class Fleet:
 
     # ----------------------------------------------------------------------- probes
     def probe(self) -> Probe:
-        snap = self.snapshot()
-        chosen = [client_name(i) for i in self.sample()]
-        vips = [snap[n].vip for n in chosen if n in snap and snap[n].vip]
-        return Probe(self.netns, self.work, [v for v in vips if v])
+        """A probe through each sampled client's tunnel, following its virtual IP."""
+        return Probe(self, [client_name(i) for i in self.sample()])
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -408,17 +436,39 @@ class Fleet:
 
 
 class Probe:
-    """A 20 ms UDP echo through each sampled client's tunnel, for the whole event."""
+    """A 20 ms UDP echo through each sampled client's tunnel, for the whole event; a thread
+    follows each client's virtual IP (polling the client charon) and the probe re-binds."""
 
-    def __init__(self, netns: str, work: Path, vips: Sequence[str], interval: float = 0.02) -> None:
-        self.vips = list(vips)
-        self.file = work / f"fleet-probe-{time.monotonic_ns()}.txt"
-        self.proc = subprocess.Popen([lab.IP, "netns", "exec", netns, sys.executable, "-c", PROBE, str(self.file),
-                                      str(interval), lab.SERVER_IP, *self.vips],
+    def __init__(self, fleet: Fleet, names: Sequence[str], interval: float = 0.02) -> None:
+        self.fleet, self.names = fleet, list(names)
+        stamp = time.monotonic_ns()
+        self.file = fleet.work / f"fleet-probe-{stamp}.txt"
+        self.map = fleet.work / f"fleet-probe-{stamp}.map"
+        self._vips: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._follow()
+        self.proc = subprocess.Popen([lab.IP, "netns", "exec", fleet.netns, sys.executable, "-c", PROBE,
+                                      str(self.file), str(interval), lab.SERVER_IP, str(self.map)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        snap = self.fleet.snapshot()
+        vips = {i: snap[n].vip for i, n in enumerate(self.names) if n in snap and snap[n].vip}
+        if vips != self._vips:
+            self._vips = {i: v for i, v in vips.items() if v}
+            tmp = self.map.with_suffix(".tmp")
+            tmp.write_text("".join(f"{i} {v}\n" for i, v in sorted(self._vips.items())))
+            tmp.replace(self.map)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            with contextlib.suppress(Exception):
+                self._follow()
 
     def answers(self) -> dict[int, list[float]]:
-        out: dict[int, list[float]] = {i: [] for i in range(len(self.vips))}
+        out: dict[int, list[float]] = {i: [] for i in range(len(self.names))}
         with contextlib.suppress(FileNotFoundError):
             for line in self.file.read_text().splitlines():
                 parts = line.split()
@@ -433,7 +483,7 @@ class Probe:
             if all(len([t for t in ts if t > since]) >= 3 for ts in self.answers().values()):
                 return
             time.sleep(0.1)
-        late = [self.vips[i] for i, ts in self.answers().items() if len([t for t in ts if t > since]) < 3]
+        late = [self.names[i] for i, ts in self.answers().items() if len([t for t in ts if t > since]) < 3]
         raise TimeoutError(f"no traffic through {len(late)} sampled tunnels {timeout}s after the event: {late[:5]}")
 
     def gaps(self, since: float) -> tuple[list[float], list[float]]:
@@ -452,6 +502,8 @@ class Probe:
         return gaps, resumed
 
     def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
         self.proc.kill()
         self.proc.wait()
 
