@@ -1,4 +1,4 @@
-"""The benchmark's markdown table, scaling curves (if matplotlib is there) and the README section."""
+"""The benchmark's markdown table and scaling curves (if matplotlib is there)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ CLI: tuple[tuple[int, str], ...] = (
 
 
 def markdown() -> str:
-    """Both tables as Markdown (what docs/reference.md carries between its markers)."""
+    """Both tables as Markdown (what docs/agent.md carries between its markers)."""
     rows = ["| action | exit | when |", "|---|---|---|"]
     for action, codes in AGENT.items():
         rows += [f"| `{action}` | {code} | {text} |" for code, text in codes]

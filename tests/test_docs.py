@@ -19,10 +19,27 @@ def test_readme_is_a_first_screen_not_a_reference():
         assert must in README
 
 
-def test_every_doc_the_readme_links_exists():
-    for link in re.findall(r"\]\(([^)#]+)\)", README):
-        if not link.startswith("http"):
-            assert (ROOT / link).exists(), link
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_resolves():
+    """README, docs/ and bench/README.md: every relative link names a file that exists, and an
+    anchor a heading of that file."""
+    broken = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]:
+        for link in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"[a-z]+:", link):
+                continue
+            path, _, anchor = link.partition("#")
+            target = (doc.parent / path).resolve() if path else doc
+            if not target.exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {link}")
+            elif anchor and target.suffix == ".md" and anchor not in {
+                    _slug(h) for h in re.findall(r"^#+ (.*)$", target.read_text(), re.M)}:
+                broken.append(f"{doc.relative_to(ROOT)}: {link} (no such heading)")
+    assert broken == []
 
 
 def test_published_exit_codes_are_the_code_table():
