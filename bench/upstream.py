@@ -22,7 +22,6 @@ from lab import core as lab
 
 RA = "/usr/lib/ocf/resource.d/heartbeat/ipsec"
 CPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_ROOT = "/var/cache/ipsec-vip-bench/lsroot"
 IPSEC_CONF = """# ipsec-vip bench (upstream peer); Debian's default includes /etc/ipsec.d/*.conf
 config setup
 \tlogfile=/var/log/pluto.log

@@ -127,7 +127,6 @@ def _proto_number(value: Any) -> int | None:
 
 class _Nft:
     def __init__(self, data: dict[str, Any]) -> None:
-        self.tables: dict[tuple[str, str], dict[str, Any]] = {}
         self.chains: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.rules: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         self.sets: dict[tuple[str, str, str], dict[str, Any]] = {}

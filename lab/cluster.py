@@ -569,19 +569,6 @@ commit
 """
 
 
-def pcs_group_commands(conf: str) -> list[list[str]]:
-    """The former recipe: agent first in a group with the VIPs, so the VIPs stop before it
-    (no handoff possible: the agent says so in its log)."""
-    return [
-        ["pcs", "resource", "create", "vpn", "ocf:ipsec-vip:strongswan", f"vip={lab.VIP}", f"config={conf}",
-         "start_without_vip=true", "op", "monitor", "interval=2s", "timeout=20s", "--group", "vpn-group"],
-        ["pcs", "resource", "create", "vpn-vip", "ocf:heartbeat:IPaddr2", f"ip={lab.VIP}", "cidr_netmask=24",
-         "nic=eth0", "op", "monitor", "interval=2s", "--group", "vpn-group"],
-        ["pcs", "resource", "create", "vpn-backvip", "ocf:heartbeat:IPaddr2", f"ip={lab.BACK_VIP}",
-         "cidr_netmask=24", "nic=eth1", "op", "monitor", "interval=2s", "--group", "vpn-group"],
-    ]
-
-
 # --------------------------------------------------------------------------- stateful mode
 def pcs_stateful_commands(conf: str, cib: str) -> list[list[str]]:
     """docs/stateful.md's pcs recipe: the agent as a promotable clone with notifications, the

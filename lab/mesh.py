@@ -10,7 +10,6 @@ storage (encrypted; controllers and compute-0) and tenant (clear). compute-0 and
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -239,7 +238,3 @@ class Capture:
     def count(self, expr: str = "") -> int:
         out = lab.run("tcpdump", "-r", str(self.path), "-n", "-q", self._filter(expr)).stdout
         return len([line for line in out.splitlines() if line.strip()])
-
-
-def env_ok() -> bool:
-    return os.geteuid() == 0

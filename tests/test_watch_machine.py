@@ -188,6 +188,32 @@ def test_sighup_checks_every_second_for_a_while_even_with_checks_off(tmp_path, m
         b.charon.close()
 
 
+def test_with_checks_off_charons_restart_opens_a_window_and_only_sighup_looks_after_it(tmp_path, monkeypatch):
+    """strongswan.service's `swanctl --load-all` after charon's (re)start: even with periodic checks
+    off, every second for 10 s after charon appears; past that nobody looks until SIGHUP."""
+    b = Bed(tmp_path, monkeypatch, check_interval=0)
+
+    def scenario():
+        assert b.step() == pytest.approx(0.1)  # no charon yet
+        b.charon_up()
+        assert b.step(0.1) == pytest.approx(1.0) and b.loaded() == {"rw"}  # charon appeared after us
+        b.charon.loaded.clear()
+        assert b.step(1.0) == pytest.approx(1.0) and b.loaded() == {"rw"}  # inside the window: put back
+        for _ in range(8):
+            b.step(1.0)
+        assert b.step(1.0) is None  # past the 10 s: no checks any more
+        b.charon.loaded.clear()
+        b.clock.now += 3600.0  # nobody looks ...
+        assert b.loaded() == set()
+        b.w._reload()  # ... until SIGHUP (the unit's ExecReload)
+        assert b.step() == pytest.approx(1.0) and b.loaded() == {"rw"}
+    try:
+        in_loop(scenario)
+    finally:
+        if b.charon is not None:
+            b.charon.close()
+
+
 def test_a_broken_event_socket_is_replaced_before_the_next_look(bed):
     """An error on the address-event socket (not an overflow) no longer ends the daemon."""
     class Broken:
