@@ -9,8 +9,18 @@ from ipsec_vip.vici_session import DEFAULT_SOCKET
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
 if TYPE_CHECKING:
-    from ipsec_vip.params import Params
+    from typing import Protocol
+
     from ipsec_vip.state import Record
+
+    class Where(Protocol):
+        """Where the parameters say charon is (:class:`ipsec_vip.params.Params` is one)."""
+
+        @property
+        def vici_socket(self) -> str: ...
+
+        @property
+        def interface(self) -> str | None: ...
 
 
 class Deadline:
@@ -23,7 +33,7 @@ class Deadline:
         return max(min(self.end - time.monotonic(), cap), 0.0)
 
 
-def target(record: Record, params: Params | None) -> tuple[str, str | None]:
+def target(record: Record, params: Where | None) -> tuple[str, str | None]:
     """The VICI socket and interface start used for ``record``: stop and monitor talk to the
     charon that holds our connections, whatever the parameters say now (records written before
     these were kept fall back to the parameters)."""
