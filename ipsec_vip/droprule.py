@@ -23,7 +23,6 @@ accept elsewhere can undo ours; our chain never accepts anything another table d
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ipsec_vip.errors import CommandError, IpsecVipError
 from ipsec_vip.firewall import NFT, OWN_TABLE
 from ipsec_vip.runner import Runner
+from ipsec_vip.vip import parse_address
 
 if TYPE_CHECKING:
     from ipsec_vip.vip import IPAddress
@@ -91,7 +91,7 @@ def _vip_of(rule: dict[str, Any]) -> IPAddress | None:
     if rule.get("chain") != CHAIN or not isinstance(comment, str) or not comment.startswith(_TAG):
         return None
     try:
-        return ipaddress.ip_address(comment[len(_TAG):])
+        return parse_address(comment[len(_TAG):])
     except ValueError:
         return None
 

@@ -510,9 +510,8 @@ def fix_hints(chain: tuple[str, ...], proto: int | None = None) -> list[str]:
     (as in Verdict.chain); an nftables.conf snippet when no chain is given."""
     rules = []
     if chain and chain[0] == "nft":
-        fam, table, name = chain[1], chain[2], chain[3]
-        rules = [(50, f"nft insert rule {fam} {table} {name} meta l4proto esp accept"),
-                 (17, f"nft insert rule {fam} {table} {name} udp dport {{ 500, 4500 }} accept")]
+        where = shlex.join(["nft", "insert", "rule", *chain[1:4]])  # names from the ruleset: quoted
+        rules = [(50, f"{where} meta l4proto esp accept"), (17, f"{where} udp dport {{ 500, 4500 }} accept")]
     elif chain and chain[0] in ("iptables", "ip6tables"):
         rules = [(50, f"{chain[0]} -I INPUT -p esp -j ACCEPT"),
                  (17, f"{chain[0]} -I INPUT -p udp -m multiport --dports 500,4500 -j ACCEPT")]

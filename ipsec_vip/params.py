@@ -21,7 +21,9 @@ else:
 DEFAULT_CONFIG = "/etc/ipsec-vip/swanctl.conf"
 DEFAULT_HA_FIFO = "/var/run/charon.ha"
 _BAD_NAME = re.compile(r'[#{}:.="\s]')
-_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+# what the kernel accepts (no '/', ':' or white space, under 16 bytes, not '.' or '..') less what
+# no real interface needs and a path, a message or a command must not see: ASCII words only
+_IFNAME = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9_.@+=-]{1,15}\Z")
 HANDOFF_MODES = ("redirect", "none")  # the first is the default
 
 
@@ -57,8 +59,8 @@ def parse(values: Mapping[str, str]) -> Params:
         raise ConfigError("parameter vip is required")
     try:
         vip = parse_vip(raw_vip)
-    except ValueError:
-        raise ConfigError(f"vip {raw_vip!r} is not an IPv4 or IPv6 address") from None
+    except ValueError as e:
+        raise ConfigError(f"vip {raw_vip!r} is not an IPv4 or IPv6 address ({e})") from None
     config = values.get("config", "").strip() or DEFAULT_CONFIG
     if not config.startswith("/"):
         raise ConfigError(f"config {config!r} must be an absolute path")
@@ -69,7 +71,8 @@ def parse(values: Mapping[str, str]) -> Params:
         raise ConfigError(str(e)) from None
     interface = values.get("interface", "").strip() or None
     if interface is not None and not _IFNAME.match(interface):
-        raise ConfigError(f"interface {interface!r} is not a valid interface name")
+        raise ConfigError(f"interface {interface!r} is not a valid interface name (1 to 15 letters, digits or "
+                          "'_.@+=-', not '.' or '..')")
     handoff = values.get("handoff", "").strip().lower() or HANDOFF_MODES[0]
     if handoff not in HANDOFF_MODES:
         raise ConfigError(f"handoff must be {' or '.join(HANDOFF_MODES)}, not {handoff!r}")

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import math
 import os
+import shlex
 import stat
 import zlib
 from collections.abc import Callable, Iterable
@@ -396,7 +397,7 @@ def check_secret_files(ctx: Context) -> list[Finding]:
             if holds and st.st_mode & 0o077:
                 out.append(Finding("secret-files", WARN, f"{path} holds secrets and is mode "
                                    f"{stat.S_IMODE(st.st_mode):04o} (group/others may read it)",
-                                   f"chmod 600 {path}"))
+                                   f"chmod 600 {shlex.quote(path)}"))
             elif holds:
                 out.append(Finding("secret-files", OK, f"{path} holds secrets, mode {stat.S_IMODE(st.st_mode):04o}"))
     return out
@@ -450,8 +451,8 @@ def check_handoff_rules(ctx: Context) -> list[Finding]:
                                        f"{droprule.FAMILY} {droprule.TABLE}")]
     out = []
     for vip, handles in sorted(rules.items(), key=lambda kv: (kv[0].version, kv[0])):
-        fix = "; ".join(f"nft delete rule {droprule.FAMILY} {droprule.TABLE} {droprule.CHAIN} handle {h}"
-                        for h in handles)
+        fix = "; ".join(shlex.join(["nft", "delete", "rule", droprule.FAMILY, droprule.TABLE, droprule.CHAIN,
+                                    "handle", str(h)]) for h in handles)
         if vipmod.held(vip):
             out.append(Finding("handoff", WARN, f"new IKE_SA_INIT to VIP {vip}, held here, are dropped by a "
                                "handoff's rule: right for the moment between stop and the VIP's departure, "
@@ -547,18 +548,17 @@ def _ha_secret(conf: str, where: str, secret: str) -> list[Finding]:
         mode = stat.S_IMODE(os.stat(path).st_mode)
         if mode & 0o077:
             out.append(Finding("ha", FAIL, f"{where}: the secret is in {path}, mode {mode:04o}: other users of "
-                               "this node can read it and, with it, forge sync messages", f"chmod 600 {path}"))
+                               "this node can read it and, with it, forge sync messages",
+                               f"chmod 600 {shlex.quote(path)}"))
     return out
 
 
 def _ha_addresses(ctx: Context, where: str, local: str, remote: str) -> list[Finding]:
-    import ipaddress
-
     from ipsec_vip import vip as vipmod
 
     out = []
     try:
-        mine = ipaddress.ip_address(local)
+        mine = vipmod.parse_address(local)
     except ValueError:
         return [Finding("ha", FAIL, f"{where}: local {local!r} is not an address", "set local = this node's "
                         "address on the sync link")]
@@ -566,7 +566,7 @@ def _ha_addresses(ctx: Context, where: str, local: str, remote: str) -> list[Fin
         out.append(Finding("ha", FAIL, f"{where}: local {local} is not an address of this node",
                            "set local to this node's address on the sync link"))
     try:
-        ipaddress.ip_address(remote)
+        vipmod.parse_address(remote)
     except ValueError:
         return [*out, Finding("ha", FAIL, f"{where}: remote {remote!r} is not an address",
                               "set remote = the peer's address on the sync link")]

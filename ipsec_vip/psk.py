@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from ipsec_vip.errors import ConfigError, IpsecVipError
 
 PSK_BYTES = 32
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 _ID_BAD = re.compile(r'["\\\x00-\x1f\x7f]')
 
 

@@ -10,14 +10,13 @@ other connections use, or by none at all.
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.swanctl import SwanctlConfig
-from ipsec_vip.vip import plain
+from ipsec_vip.vip import parse_address, parse_network
 
 if TYPE_CHECKING:
     from ipsec_vip.vip import IPAddress
@@ -40,12 +39,11 @@ def covers(entry: str, addr: IPAddress) -> bool:
     text = entry.strip()
     try:
         if "/" in text:
-            return plain(addr) in ipaddress.ip_network(text, strict=False)
+            return addr in parse_network(text)
         if "-" in text:
-            low, high = (ipaddress.ip_address(t.strip()) for t in text.split("-", 1))
-            want = plain(addr)
-            return low.version == high.version == want.version and low <= want <= high  # type: ignore[operator]
-        return ipaddress.ip_address(text) == plain(addr)
+            low, high = (parse_address(t.strip()) for t in text.split("-", 1))
+            return low.version == high.version == addr.version and low <= addr <= high  # type: ignore[operator]
+        return parse_address(text) == addr
     except ValueError:
         return False  # a DNS name, %any or garbage: never the VIP
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from typing import NamedTuple, Union
 
     IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+    IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 else:
     from ipsec_vip.tuples import NamedTuple
 
@@ -53,18 +54,34 @@ class Address(NamedTuple):
         return not self.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)
 
 
+def _plain_text(text: str) -> str:
+    """``text`` if it can only be an address's spelling: ASCII, no white space or control
+    character, no IPv6 zone id ('%eth0'): none of our addresses is link-local, and a zone id is
+    free text that would reach configs, firewall rules and commands verbatim."""
+    if not text.isascii() or not text.isprintable() or " " in text:
+        raise ValueError("holds white space, a control or non-ASCII character")
+    if "%" in text:
+        raise ValueError("has a zone id ('%...'), which no address here may have")
+    return text
+
+
+def parse_address(text: str) -> IPAddress:
+    """The one address validator: a plain IPv4 or IPv6 address (ValueError otherwise)."""
+    return ipaddress.ip_address(_plain_text(text))
+
+
+def parse_network(text: str) -> IPNetwork:
+    """A network (host bits allowed) under the rules of :func:`parse_address`."""
+    return ipaddress.ip_network(_plain_text(text), strict=False)
+
+
 def parse_vip(text: str) -> IPAddress:
     """Parse ``addr`` or ``addr/prefix`` (the prefix is accepted and ignored)."""
     value = text.strip()
     addr, sep, prefix = value.partition("/")
-    if sep and not (prefix.isdigit() and int(prefix) <= (32 if ":" not in addr else 128)):
+    if sep and not (prefix.isascii() and prefix.isdigit() and int(prefix) <= (32 if ":" not in addr else 128)):
         raise ValueError(f"{text!r} has an invalid prefix")
-    return ipaddress.ip_address(addr)
-
-
-def plain(addr: IPAddress) -> IPAddress:
-    """``addr`` without an IPv6 zone (``fe80::1%eth0`` -> ``fe80::1``), for comparisons."""
-    return ipaddress.ip_address(str(addr).split("%")[0])
+    return parse_address(addr)
 
 
 def parse_addresses(replies: list[netlink.Message], family: int) -> list[Address]:
@@ -95,8 +112,7 @@ def addresses(family: int) -> list[Address]:
 def holders(vip: IPAddress) -> list[Address]:
     """Every local address entry equal to ``vip`` (usable or not)."""
     family = socket.AF_INET6 if vip.version == 6 else socket.AF_INET
-    want = plain(vip)
-    return [a for a in addresses(family) if a.address == want]
+    return [a for a in addresses(family) if a.address == vip]
 
 
 def held(vip: IPAddress, interface: str | None = None) -> bool:

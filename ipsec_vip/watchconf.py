@@ -20,7 +20,7 @@ WATCH_DIR = "/etc/ipsec-vip/watch"
 DEFAULT_CHECK_INTERVAL = 10.0
 PARAM_KEYS = ("vip", "config", "connections", "vici_socket", "interface", "handoff")
 KEYS = (*PARAM_KEYS, "check_interval")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,99}$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,99}\Z")
 
 
 def path_of(name: str, directory: str = WATCH_DIR) -> str:

@@ -18,11 +18,11 @@ PASS_ON = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}  # the code
 LIMIT = ("prlimit", f"--as={MEMORY}", "--")
 
 
-def agent(action: str, tmp: Path, **params: str) -> tuple[lab.Result, float]:
+def agent(action: str, tmp: Path, env: dict[str, str] | None = None, **params: str) -> tuple[lab.Result, float]:
     """The OCF agent under a memory limit; -> (result, seconds)."""
     start = time.monotonic()
     r = lab.agent(action, {"vip": VIP, "vici_socket": f"unix://{tmp}/none.vici", **params},
-                  rsctmp=str(tmp / "rsctmp"), timeout=20, wrap=LIMIT, **PASS_ON)
+                  rsctmp=str(tmp / "rsctmp"), timeout=20, wrap=LIMIT, **PASS_ON, **(env or {}))
     return r, time.monotonic() - start
 
 
@@ -105,3 +105,102 @@ def test_moderate_reference_use_still_loads(tmp_path: Path) -> None:
     conf.write_text(exponential(8))  # 256 sections: fine
     r, _ = agent("validate-all", tmp_path, config=str(conf))
     assert r.rc == 0, r.stderr
+
+
+# --------------------------------------------------------------------------- item 3: addresses, names, quoting
+HOSTILE_VIPS = ["fd00::64%x$(touch PWNED)", "fd00::64%eth0\n}\nconnections {", "fe80::1%lo", "192.0.2.100\n#",
+                "fd00::64%x y", "192.0.2.100/24\nx", "192.0.2.1%00", "１９２.0.2.1"]
+
+
+def test_a_zone_id_or_control_character_in_the_vip_is_refused_everywhere(tmp_path: Path) -> None:
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(conn())
+    watch_dir = tmp_path / "watch"
+    watch_dir.mkdir()
+    for n, vip in enumerate(HOSTILE_VIPS):
+        r, _ = agent("validate-all", tmp_path, vip=vip, config=str(conf))
+        refused(r, "is not an IPv4 or IPv6 address")
+        for command in ("up", "down", "status", "check"):
+            p = cli(command, "--vip", vip, "--config", str(conf), "--vici-socket", f"unix://{tmp_path}/x", tmp=tmp_path)
+            assert p.returncode == 6 and "is not an IPv4 or IPv6 address" in p.stderr, (command, vip, p.stderr)
+        if "\n" in vip:
+            continue  # a watch config holds one line per key
+        (watch_dir / f"w{n}.conf").write_text(f"vip = {vip}\nconfig = {conf}\n")
+        p = cli("watch", f"w{n}", "--watch-dir", str(watch_dir), "--state-dir", str(tmp_path / "run"), tmp=tmp_path)
+        assert p.returncode == 6 and "is not an IPv4 or IPv6 address" in p.stderr, (vip, p.stderr)
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
+    nothing_written(tmp_path)
+    assert not (tmp_path / "run").exists()
+
+
+def test_interface_dotdot_and_other_non_names_are_refused(tmp_path: Path) -> None:
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(conn())
+    for interface in ("..", ".", "eth0\nx", "a/b", "x$(id)", "et h0", "0123456789abcdef", "eth0%1"):
+        for level in ("0", "10"):
+            r, _ = agent("validate-all", tmp_path, {"OCF_CHECK_LEVEL": level}, config=str(conf), interface=interface)
+            refused(r, "is not a valid interface name")
+    r, _ = agent("validate-all", tmp_path, config=str(conf), interface="eth0.100")
+    assert r.rc == 0, r.stderr
+
+
+def inventory(tmp: Path, text: str) -> Path:
+    (tmp / "mesh.psk").write_text("net " + "k" * 43 + "\n")
+    (tmp / "mesh.psk").chmod(0o600)
+    inv = tmp / "mesh.yaml"
+    inv.write_text(text)
+    return inv
+
+
+MESH = """psk_file: mesh.psk
+networks:
+  net: {cidr: %(cidr)s}
+nodes:
+  a: {roles: [r], addresses: {net: %(a)s}}
+  b: {roles: [r, s], addresses: {net: "fd00::2"}}
+vips:
+  net: {address: %(vip)s, holders: [r]}
+"""
+GOOD_MESH = {"cidr": "fd00::/64", "a": '"fd00::1"', "vip": '"fd00::64"'}
+
+
+def test_mesh_render_refuses_zone_ids_and_control_characters_in_addresses_writing_nothing(tmp_path: Path) -> None:
+    hostile = {"vip": ['"fd00::64%x$(touch PWNED)"', '"fd00::64%eth0"', '"fd00::64\\n}"'],
+               "a": ['"fd00::1%x;id"', '"fd00::1\\nx"', "12345"],
+               "cidr": ['"fd00::%x/64"', '"fd00::/64\\n"']}
+    where = {"vip": "vips.net.address", "a": "nodes.a.addresses.net", "cidr": "networks.net.cidr"}
+    for key, values in hostile.items():
+        for value in values:
+            inv = inventory(tmp_path, MESH % {**GOOD_MESH, key: value})
+            out = tmp_path / "out"
+            p = cli("mesh", "render", str(inv), "--node", "a", "--out", str(out), tmp=tmp_path)
+            assert p.returncode == 6, (value, p.stderr)
+            assert f"{inv}: {where[key]}:" in p.stderr and p.stdout == "", (value, p.stderr)
+            assert not out.exists()
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
+
+
+def test_the_printed_pcs_commands_are_quoted_so_sourcing_them_runs_nothing(tmp_path: Path) -> None:
+    """The inventory refuses hostile names and addresses; the quoting holds even if one got through
+    (here built past the reader): sourced with a stub pcs, every word arrives whole, nothing runs."""
+    import dataclasses
+
+    from ipsec_vip.mesh import inventory as invmod
+    from ipsec_vip.mesh import render
+
+    inv = invmod.load(str(inventory(tmp_path, MESH % GOOD_MESH)))
+    evil = "b$(touch PWNED);touch PWNED2 `touch PWNED3` *\ntouch PWNED4"
+    quotes = "c'\"\\"
+    nodes = {**inv.nodes, **{n: dataclasses.replace(inv.nodes["b"], name=n, roles=("s",)) for n in (evil, quotes)}}
+    text = render.pcs_commands(dataclasses.replace(inv, nodes=nodes))
+    script = tmp_path / "pcs.sh"
+    script.write_text(text)
+    p = subprocess.run(["bash", "-c", 'pcs() { printf "<%s>" "$@"; echo; }; source "$1"', "bash", str(script)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=10)
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("PWNED")], p.stderr
+    assert p.returncode == 0, p.stderr
+    calls = p.stdout.splitlines()
+    assert calls[0] == ("<resource><create><mesh-vip-net-tunnel><ocf:ipsec-vip:strongswan><vip=fd00::64>"
+                        "<config=/etc/ipsec-vip/mesh-vips.conf><connections=meshvip-net>"
+                        "<fallback_connections=mesh-net-to-vip><start_without_vip=true><--group><mesh-vip-net>")
+    assert f"<avoids><{evil}><{quotes}>" in p.stdout

@@ -10,19 +10,20 @@ same keys except ``nodes``) and each host's vars carry ``ipsec_vip_roles`` and
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any
 
 from ipsec_vip.errors import ConfigError
+from ipsec_vip.vip import parse_address, parse_network
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+if TYPE_CHECKING:
+    from ipsec_vip.vip import IPAddress, IPNetwork
 
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
+
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,48}\Z")
 DEFAULT_FWMARK = 0x100000
 _TOP_KEYS = {"psk_file", "networks", "nodes", "vips", "skip_between", "fwmark"}
 _TRUE = (True, "yes", "true", "on")
@@ -114,9 +115,11 @@ class _Reader:
 
     def address(self, value: Any, where: str) -> IPAddress:
         try:
-            return ipaddress.ip_address(str(value))
-        except ValueError:
-            raise self.error(where, f"{value!r} is not an IP address") from None
+            if not isinstance(value, str):
+                raise ValueError("not a string")
+            return parse_address(value)
+        except ValueError as e:
+            raise self.error(where, f"{_shown(value)} is not an IP address ({e})") from None
 
     def networks(self, value: Any, where: str) -> dict[str, Network]:
         out = {}
@@ -129,9 +132,11 @@ class _Reader:
             if "cidr" not in body:
                 raise self.error(f"{at}.cidr", "missing")
             try:
-                cidr = ipaddress.ip_network(str(body["cidr"]), strict=False)
-            except ValueError:
-                raise self.error(f"{at}.cidr", f"{body['cidr']!r} is not a network") from None
+                if not isinstance(body["cidr"], str):
+                    raise ValueError("not a string")
+                cidr = parse_network(body["cidr"])
+            except ValueError as e:
+                raise self.error(f"{at}.cidr", f"{_shown(body['cidr'])} is not a network ({e})") from None
             net = Network(name, cidr, self.flag(body.get("encrypt", True), f"{at}.encrypt"),
                           self.flag(body.get("fail_closed", False), f"{at}.fail_closed"))
             if net.fail_closed and not net.encrypt:
@@ -183,6 +188,12 @@ class _Reader:
                 raise self.error(f"{where}[{i}]", "must be a pair of roles, e.g. [compute, compute]")
             out.append(frozenset(self.strings(pair, f"{where}[{i}]")))
         return out
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: a short repr (escapes control characters), never a huge one."""
+    text = repr(value) if isinstance(value, (str, int, float, bool)) or value is None else _kind(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _kind(value: Any) -> str:

@@ -10,10 +10,14 @@ addresses; each network's PSK is bound to the identities of its members and its 
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
-from ipsec_vip.mesh.inventory import Inventory, IPAddress, Network, Node
+from ipsec_vip.mesh.inventory import Inventory, Network, Node
+
+if TYPE_CHECKING:
+    from ipsec_vip.vip import IPAddress
 
 SWANCTL_FILE = "etc/swanctl/conf.d/ipsec-vip-mesh.conf"
 STRONGSWAN_FILE = "etc/strongswan.d/ipsec-vip-mesh.conf"
@@ -213,21 +217,24 @@ def nft(inv: Inventory, node: Node) -> str:
 
 def pcs_commands(inv: Inventory) -> str:
     """One resource group per VIP on an encrypted network: the agent first (loaded before the VIP
-    arrives, so no client is refused), then the address; nodes that may not hold it avoid it."""
+    arrives, so no client is refused), then the address; nodes that may not hold it avoid it.
+    Every word is shell-quoted: the output is meant to be pasted into a shell."""
     out = ["# Pacemaker resources for the mesh's VIPs (run once, on one cluster node):"]
     for net, vip in sorted(inv.vips.items()):
         if not inv.networks[net].encrypt:
             continue
         group = f"mesh-vip-{net}"
-        out.append(f"pcs resource create {group}-tunnel ocf:ipsec-vip:strongswan vip={vip.address} "
-                   f"config=/{VIPS_FILE} connections={conn_vip(net)} fallback_connections={conn_to_vip(net)} "
-                   f"start_without_vip=true --group {group}")
-        out.append(f"pcs resource create {group}-ip ocf:heartbeat:IPaddr2 ip={vip.address} "
-                   f"cidr_netmask={inv.networks[net].cidr.prefixlen} --group {group}")
+        out.append(shlex.join(["pcs", "resource", "create", f"{group}-tunnel", "ocf:ipsec-vip:strongswan",
+                               f"vip={vip.address}", f"config=/{VIPS_FILE}", f"connections={conn_vip(net)}",
+                               f"fallback_connections={conn_to_vip(net)}", "start_without_vip=true",
+                               "--group", group]))
+        out.append(shlex.join(["pcs", "resource", "create", f"{group}-ip", "ocf:heartbeat:IPaddr2",
+                               f"ip={vip.address}", f"cidr_netmask={inv.networks[net].cidr.prefixlen}",
+                               "--group", group]))
         holders = {n.name for n in inv.holders(vip)}
         others = sorted(n for n in inv.nodes if n not in holders)
         if others:
-            out.append(f"pcs constraint location {group} avoids {' '.join(others)}")
+            out.append(shlex.join(["pcs", "constraint", "location", group, "avoids", *others]))
     return "\n".join(out) + "\n"
 
 
