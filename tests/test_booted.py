@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import core as lab
 from lab import nspawn
 from lab.debroot import booted_tarball, run, unpack
 from tests import readme
@@ -48,11 +49,12 @@ PACKAGES = tuple(dict.fromkeys((
     "systemd", "systemd-sysv", "dbus",  # init
     "charon-systemd", "strongswan-swanctl", "libstrongswan-standard-plugins",  # strongswan.service
     "pacemaker", "pacemaker-cli-utils", "corosync", "pcs", "resource-agents",  # the cluster
-    "man-db", "iproute2", "procps", *_deb_depends(),
+    "man-db", "iproute2", "procps", "nftables", *_deb_depends(),
 )))
 DISABLED = ("pacemaker.service", "corosync.service", "pcsd.service", "pcsd-ruby.service")
 VIP = "192.0.2.100"
 LAN = ("192.0.2.11/24", "v0")  # the node's own address, on one end of a veth pair in the container
+CLIENT_LINK = ("10.99.20.1", "10.99.20.2")  # the container's end of the client's link, and the client
 EXAMPLE = "/usr/share/doc/ipsec-vip/examples/swanctl.conf"
 # paths whose name says ipsec-vip or vici: what the purge must take away again
 OURS = r"find / -xdev \( -name '*ipsec-vip*' -o -name '*ipsec_vip*' -o -name '*vici*' \) -print"
@@ -84,6 +86,22 @@ class Booted:
         p = self.c.exec("python3", "-c", script, env={"PYTHONPATH": "/root/pylib"})
         result: dict[str, list[str]] = json.loads(p.stdout)
         return result
+
+    def sas(self) -> list[dict[str, str]]:
+        """charon's IKE_SAs: name, state, unique id."""
+        script = ("import json, vici\ns = vici.Session()\n"
+                  "print(json.dumps([{'name': n, 'state': b['state'].decode(), 'id': b['uniqueid'].decode()}"
+                  " for sa in s.list_sas() for n, b in sa.items()]))\n")
+        p = self.c.exec("python3", "-c", script, env={"PYTHONPATH": "/root/pylib"})
+        result: list[dict[str, str]] = json.loads(p.stdout)
+        return result
+
+    def drop_rules(self) -> str:
+        """The handoff's rules in the container's nftables (docs/handoff.md), as nft lists them."""
+        return self.c.exec("nft", "list", "table", "inet", "ipsec_vip", check=False).stdout
+
+    def journal(self, unit: str, since: str) -> str:
+        return self.c.exec("journalctl", "-u", unit, "--since", since, "-o", "cat", "--no-pager").stdout
 
     def unit(self, name: str, *props: str) -> dict[str, str]:
         out = self.c.exec("systemctl", "show", name, *(f"--property={p}" for p in props)).stdout
@@ -239,6 +257,83 @@ def test_stop_leaves_nothing_loaded(booted, watch):
     booted.c.exec("ip", "addr", "del", f"{VIP}/24", "dev", LAN[1])
 
 
+@pytest.fixture
+def client(booted) -> Iterator[lab.Charon]:
+    """A stock strongSwan client (the lab's charon, on this host, strongSwan's defaults) in a
+    namespace of its own, wired to the container by a veth pair; it reaches the VIP through it."""
+    lab.clean_leftovers()
+    ns = lab.add_netns("bootedclient")
+    charon = None
+    try:
+        lab.run(lab.IP, "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "c1",
+                "netns", str(booted.c.pid1))
+        booted.c.exec("ip", "addr", "add", f"{CLIENT_LINK[0]}/24", "dev", "c1")
+        booted.c.exec("ip", "link", "set", "c1", "up")
+        lab.run(lab.IP, "-n", ns, "addr", "add", f"{CLIENT_LINK[1]}/24", "dev", "eth0")
+        lab.run(lab.IP, "-n", ns, "link", "set", "eth0", "up")
+        lab.run(lab.IP, "-n", ns, "route", "add", f"{VIP}/32", "via", CLIENT_LINK[0])
+        charon = lab.Charon.start("bootedclient", netns=ns)
+        psk = re.search(r'secret = "([^"]+)"', (booted.c.root / EXAMPLE.lstrip("/")).read_text())
+        assert psk, EXAMPLE
+        lab.client_load(charon, psk[1], stock=True, identity="client1@example.com", vip=VIP)
+        yield charon
+    finally:
+        if charon is not None:
+            charon.stop()
+        lab.remove_netns(ns)
+
+
+def test_planned_stop_hands_the_client_off_and_the_sweeper_outlives_the_unit(booted, watch, client):
+    """docs/handoff.md's planned move without Pacemaker: `systemctl stop ipsec-vip-watch@…` on the
+    VIP holder puts the drop rule in place and REDIRECTs the client (both need CAP_NET_ADMIN and
+    nft, which the unit must allow); the unit stops, its sweeper does not: once the VIP has left it
+    terminates the redirected SA and removes the rule."""
+    unit = f"ipsec-vip-watch@{watch}"
+    c = booted.c
+    c.exec("ip", "addr", "replace", f"{VIP}/24", "dev", LAN[1])
+    c.exec("systemctl", "start", unit)
+    wait_for("connections loaded", lambda: booted.loaded()["conns"] == ["rw"])
+    lab.client_initiate(client)  # the IKE_SA is what a handoff redirects (the CHILD_SA may fail here)
+    wait_for("the client's IKE_SA", lambda: [s["state"] for s in booted.sas() if s["name"] == "rw"] == ["ESTABLISHED"])
+    since = c.exec("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
+    c.exec("systemctl", "stop", unit)
+    state = booted.unit(unit, "ActiveState", "Result")
+    assert state == {"ActiveState": "inactive", "Result": "success"}, state
+    log = booted.journal(unit, since)
+    print(log)
+    assert f"handoff: redirected 1 of 1 IKE_SA(s) to {VIP}" in log, log
+    assert f'comment "ipsec-vip handoff {VIP}"' in booted.drop_rules(), log
+    assert "redirected" in client.log_tail(200).lower() or "REDIRECT" in client.log_tail(200)
+    sweeper = c.exec("pgrep", "-f", "ipsec_vip.(handoff|sweeper)", check=False).stdout.split()
+    assert len(sweeper) == 1, ("the sweeper did not survive the unit's stop",
+                               c.exec("ps", "-eo", "pid,ppid,lstart,args").stdout)
+    c.exec("ip", "addr", "del", f"{VIP}/24", "dev", LAN[1])
+    wait_for("the sweep: no SA, no rule", lambda: not booted.sas() and "handoff" not in booted.drop_rules(), 15)
+    wait_for("the sweeper ended", lambda: not c.exec("pgrep", "-f", "ipsec_vip.(handoff|sweeper)",
+                                                     check=False).stdout.strip(), 10)
+    assert booted.loaded() == {"conns": [], "pools": [], "keys": []}
+
+
+def test_start_removes_a_drop_rule_an_earlier_down_left(booted, watch):
+    """A handoff's rule left on this node (here: by `ipsec-vip down` on the VIP holder, whose VIP
+    then stayed) is removed by the unit's start, so new clients get in again."""
+    unit = f"ipsec-vip-watch@{watch}"
+    c = booted.c
+    c.exec("ip", "addr", "replace", f"{VIP}/24", "dev", LAN[1])
+    c.exec("ipsec-vip", "up", "--vip", VIP)
+    c.exec("ipsec-vip", "down", "--vip", VIP)
+    assert f'comment "ipsec-vip handoff {VIP}"' in booted.drop_rules()
+    for pid in c.exec("pgrep", "-f", "ipsec_vip.(handoff|sweeper)").stdout.split():  # down's sweeper,
+        c.exec("kill", pid)  # which would remove the rule once the VIP left: as if the node had rebooted
+    c.exec("systemctl", "start", unit)
+    wait_for("connections loaded", lambda: booted.loaded()["conns"] == ["rw"])
+    assert "handoff" not in booted.drop_rules()
+    c.exec("systemctl", "stop", unit)
+    c.exec("ip", "addr", "del", f"{VIP}/24", "dev", LAN[1])
+    wait_for("no rule, no sweeper", lambda: "handoff" not in booted.drop_rules() and not c.exec(
+        "pgrep", "-f", "ipsec_vip.(handoff|sweeper)", check=False).stdout.strip(), 15)
+
+
 def test_invalid_config_fails_once_without_restarts(booted, watch):
     conf = booted.c.root / "etc/ipsec-vip/watch/broken.conf"
     conf.write_text("vip = 192.0.2.300\nconfig = /etc/ipsec-vip/swanctl.conf\n")
@@ -350,7 +445,7 @@ def test_purge_leaves_only_the_admins_config(booted, watch):
     wait_for("connections loaded", lambda: booted.loaded()["conns"] == ["rw"])
     c.exec("env", "DEBIAN_FRONTEND=noninteractive", "apt", "purge", "ipsec-vip", "python3-vici", timeout=300)
     assert booted.unit(f"ipsec-vip-watch@{watch}", "ActiveState")["ActiveState"] == "inactive"
-    assert not c.exec("pgrep", "-f", "ipsec-vip", check=False).stdout.strip()
+    assert not c.exec("pgrep", "-f", "ipsec-vip", check=False).stdout.strip(), c.exec("ps", "-eo", "pid,args").stdout
     assert booted.loaded() == {"conns": [], "pools": [], "keys": []}
     left = set(c.sh(OURS).stdout.split()) - booted.baseline
     assert sorted(p for p in left if not p.startswith(("/etc/ipsec-vip", "/root/"))) == [], left
