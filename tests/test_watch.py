@@ -106,8 +106,8 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
         pytest.skip("systemd-analyze missing: `make deps` installs the systemd package")
     text = UNIT.read_text()
     for line in ("Type=notify", "ExecStart=/usr/bin/ipsec-vip watch %i", "Restart=on-failure",
-                 "ProtectSystem=strict", "NoNewPrivileges=yes", "CapabilityBoundingSet=",
-                 "RestrictAddressFamilies=AF_UNIX AF_NETLINK", "RuntimeDirectory=ipsec-vip-watch"):
+                 "ProtectSystem=strict", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_NET_ADMIN",
+                 "KillMode=process", "RestrictAddressFamilies=AF_UNIX AF_NETLINK", "RuntimeDirectory=ipsec-vip-watch"):
         assert line in text.splitlines(), line
     assert "strongswan.service" in next(x for x in text.splitlines() if x.startswith("After="))
     # verify checks that ExecStart exists: point it at this checkout's entry point
