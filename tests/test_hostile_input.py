@@ -204,3 +204,71 @@ def test_the_printed_pcs_commands_are_quoted_so_sourcing_them_runs_nothing(tmp_p
                         "<config=/etc/ipsec-vip/mesh-vips.conf><connections=meshvip-net>"
                         "<fallback_connections=mesh-net-to-vip><start_without_vip=true><--group><mesh-vip-net>")
     assert f"<avoids><{evil}><{quotes}>" in p.stdout
+
+
+# --------------------------------------------------------------------------- item 5: YAML bombs, duplicates
+def laughs(levels: int = 9) -> str:
+    """The billion laughs, as a node's address (where the reader once turned it into a string)."""
+    names = "abcdefghijklmnop"[:levels]
+    parts = ["&a [" + ",".join(['"lol"'] * 9) + "]"]
+    parts += [f"&{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in zip(names, names[1:])]
+    return ("psk_file: mesh.psk\nnetworks: {net: {cidr: 192.0.2.0/24}}\nnodes:\n  a:\n    roles: [r]\n"
+            "    addresses:\n      net: [" + ",\n        ".join(parts) + "]\n")
+
+
+def render(tmp: Path, text: str) -> subprocess.CompletedProcess[str]:
+    inv = inventory(tmp, text)
+    start = time.monotonic()
+    p = cli("mesh", "render", str(inv), "--node", "a", "--out", str(tmp / "out"), tmp=tmp)
+    assert time.monotonic() - start < 10
+    assert p.stdout == "" and not (tmp / "out").exists(), "written or printed despite the error"
+    assert "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
+    return p
+
+
+def test_a_billion_laughs_inventory_is_refused_in_bounded_time_and_memory(tmp_path: Path) -> None:
+    text = laughs()
+    assert len(text) < 600
+    p = render(tmp_path, text)  # under prlimit --as=512M: an expansion would end in MemoryError, exit 1
+    assert p.returncode == 6, p.stderr
+    assert "mesh.yaml: line 8: nodes.a.addresses.net[1][0]: aliases (*name) are not accepted" in p.stderr
+    p = cli("mesh", "psk", str(tmp_path / "mesh.yaml"), tmp=tmp_path)
+    assert p.returncode == 6 and "aliases" in p.stderr
+
+
+def test_deep_nesting_is_refused_naming_the_place(tmp_path: Path) -> None:
+    for text in (MESH % GOOD_MESH + "skip_between: " + "[" * 100_000 + "]" * 100_000 + "\n",
+                 '{"all": {"vars": {"ipsec_vip_mesh": ' + '{"x": ' * 5000 + "1" + "}" * 5000 + "}}}\n"):
+        p = render(tmp_path, text)
+        assert p.returncode == 6, p.stderr
+        assert "nested deeper than 50 levels" in p.stderr and "mesh.yaml: line " in p.stderr, p.stderr
+
+
+def test_a_key_given_twice_is_refused_naming_its_path(tmp_path: Path) -> None:
+    """A repeated key replaced the first silently: here it dropped fail_closed: true."""
+    cases = {
+        "networks:\n  net:\n    cidr: fd00::/64\n    fail_closed: true\n    fail_closed: false\n":
+            "line 6: networks.net.fail_closed: key given twice (first on line 5)",
+        "networks:\n  net: {cidr: fd00::/64, encrypt: true, fail_closed: true}\n  net: {cidr: fd00::/64}\n":
+            "line 4: networks.net: key given twice (first on line 3)",
+        '{"networks": {"net": {"cidr": "fd00::/64"}}, "networks": {}}\n':
+            "line 1: networks: key given twice (first on line 1)",
+    }
+    body = MESH % GOOD_MESH
+    for networks, message in cases.items():
+        text = body.replace("networks:\n  net: {cidr: fd00::/64}\n", networks) if not networks.startswith("{") \
+            else networks
+        p = render(tmp_path, text)
+        assert p.returncode == 6 and message in p.stderr, (networks, p.stderr)
+
+
+def test_an_inventory_that_is_a_fifo_or_too_big_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    p = cli("mesh", "render", str(fifo), "--node", "a", "--out", str(tmp_path / "out"), tmp=tmp_path)
+    assert p.returncode == 6 and "a FIFO, not a regular file" in p.stderr
+    big = tmp_path / "big.yaml"
+    with big.open("w") as f:
+        f.truncate(17 << 20)
+    p = cli("mesh", "render", str(big), "--node", "a", "--out", str(tmp_path / "out"), tmp=tmp_path)
+    assert p.returncode == 6 and "larger than 16 MiB" in p.stderr

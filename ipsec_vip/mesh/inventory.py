@@ -203,21 +203,9 @@ def _kind(value: Any) -> str:
 
 def load(path: str) -> Inventory:
     """Read and check an inventory file (YAML, or ``ansible-inventory --list`` JSON)."""
-    import yaml
+    from ipsec_vip.mesh import document
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not valid UTF-8") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "?"
-        raise ConfigError(f"{path}: {where}: not valid YAML ({getattr(e, 'problem', None) or 'syntax error'})") \
-            from None
-    return parse(doc, path)
+    return parse(document.load(path), path)
 
 
 def parse(doc: Any, path: str) -> Inventory:
