@@ -111,14 +111,20 @@ def check_fifo(path: str) -> None:
 
 
 def send(path: str, command: str, timeout: float = 5.0) -> None:
-    """Write one command (``+1``, ``-1``, ``*1``) and wait until the plugin has read it."""
+    """Write one command (``+1``, ``-1``, ``*1``) and wait until the plugin has read it.
+
+    What is written to is what was opened, checked on the open descriptor: never through a
+    symlink (O_NOFOLLOW), only a FIFO owned by root (or by us), so a file swapped in after the
+    check (a race in a writable directory) is never written to."""
     check_fifo(path)
     end = time.monotonic() + timeout
     while True:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
             break
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise IpsecVipError(f"{path} became a symbolic link: not writing to it") from None
             if e.errno != errno.ENXIO:  # ENXIO: the plugin has no reader open (yet, or charon is gone)
                 raise IpsecVipError(f"cannot write to the ha plugin's FIFO {path}: {e.strerror}") from None
             if time.monotonic() >= end:
@@ -126,6 +132,9 @@ def send(path: str, command: str, timeout: float = 5.0) -> None:
                                     "running?)") from None
             time.sleep(0.01)
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+            raise IpsecVipError(f"{path} is no longer a FIFO of root's (replaced?): not writing to it")
         os.write(fd, (command + "\n").encode())
         while _unread(fd) and time.monotonic() < end:
             time.sleep(0.002)

@@ -118,6 +118,29 @@ def test_send_refuses_a_regular_file(env):
     assert f.read_text() == ""
 
 
+@pytest.mark.parametrize("swap", ["symlink", "regular file"])
+def test_a_fifo_swapped_after_the_check_is_not_written_through(env, monkeypatch, swap):
+    """The race: check_fifo sees the plugin's FIFO, then (a writable directory) it is replaced by a
+    symlink to a file of root's, or by a file, before send opens it. Nothing may be written."""
+    victim = env["tmp"] / "victim"
+    victim.write_text("precious\n")
+    checked = hasync.check_fifo
+
+    def check_then_swap(path: str) -> None:
+        checked(path)
+        os.unlink(path)
+        if swap == "symlink":
+            os.symlink(victim, path)
+        else:
+            Path(path).write_text("")
+
+    monkeypatch.setattr(hasync, "check_fifo", check_then_swap)
+    with pytest.raises(IpsecVipError, match=r"symbolic link|no longer a FIFO"):
+        hasync.send(str(env["fifo"]), "+1", timeout=0.5)
+    assert victim.read_text() == "precious\n"
+    assert swap == "symlink" or env["fifo"].read_text() == ""
+
+
 def test_ha_settings_follow_strongswan_conf_grammar(tmp_path):
     from ipsec_vip import preflight, swanctl
 

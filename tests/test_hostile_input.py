@@ -4,6 +4,7 @@ and nothing is written. Fast tier: no daemon (each command fails before it would
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -272,3 +273,49 @@ def test_an_inventory_that_is_a_fifo_or_too_big_is_refused(tmp_path: Path) -> No
         f.truncate(17 << 20)
     p = cli("mesh", "render", str(big), "--node", "a", "--out", str(tmp_path / "out"), tmp=tmp_path)
     assert p.returncode == 6 and "larger than 16 MiB" in p.stderr
+
+
+# --------------------------------------------------------------------------- item 8: psk_file confined
+def test_mesh_psk_never_creates_or_appends_outside_the_inventorys_tree(tmp_path: Path) -> None:
+    """The rule: psk_file (relative to the inventory, or absolute) must lie in the inventory's
+    directory or below it, symlinked directories resolved."""
+    tree, outside = tmp_path / "inv", tmp_path / "outside"
+    tree.mkdir()
+    outside.mkdir()
+    (tree / "keys").mkdir()
+    (tree / "link").symlink_to(outside)
+    (outside / "appended.psk").write_text("# someone else's file\n")
+    body = MESH % GOOD_MESH
+    for psk_file in ("../outside/new.psk", str(outside / "new.psk"), "link/new.psk", "keys/../../outside/new.psk",
+                     "../outside/appended.psk", ".", "keys/../"):
+        inv = tree / "mesh.yaml"
+        inv.write_text(body.replace("psk_file: mesh.psk", f"psk_file: {json.dumps(psk_file)}"))
+        for verb in ("psk", "render"):
+            args = ["--node", "a", "--out", str(tmp_path / "out")] if verb == "render" else []
+            p = cli("mesh", verb, str(inv), *args, tmp=tmp_path)
+            assert p.returncode == 6, (psk_file, p.stderr)
+            assert "psk_file: " in p.stderr and "outside" in p.stderr and p.stdout == "", p.stderr
+    assert sorted(f.name for f in outside.iterdir()) == ["appended.psk"]
+    assert (outside / "appended.psk").read_text() == "# someone else's file\n"
+    for psk_file in ("keys/mesh.psk", str(tree / "abs.psk")):
+        inv.write_text(body.replace("psk_file: mesh.psk", f"psk_file: {json.dumps(psk_file)}"))
+        p = cli("mesh", "psk", str(inv), tmp=tmp_path)
+        assert p.returncode == 0, p.stderr
+    assert (tree / "keys" / "mesh.psk").exists() and (tree / "abs.psk").exists()
+
+
+def test_mesh_render_makes_0755_and_0700_directories_whatever_the_umask(tmp_path: Path) -> None:
+    inv = inventory(tmp_path, MESH % GOOD_MESH)
+    out = tmp_path / "new" / "out"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **PASS_ON}
+    p = subprocess.run(["sh", "-c", 'umask 000; exec "$@"', "sh", sys.executable, "-m", "ipsec_vip.cli", "mesh",
+                        "render", str(inv), "--node", "a", "--out", str(out)], capture_output=True, text=True,
+                       timeout=20, env=env)
+    assert p.returncode == 0, p.stderr
+    modes = {str(d.relative_to(tmp_path)): d.stat().st_mode & 0o7777 for d in [tmp_path / "new", *out.rglob("*")]
+             if d.is_dir()} | {"new/out": out.stat().st_mode & 0o7777}
+    assert modes.pop("new/out/etc/swanctl/conf.d") == 0o700  # holds only the 0600 mesh file
+    assert set(modes.values()) == {0o755}, modes
+    files = {str(f.relative_to(out)): f.stat().st_mode & 0o7777 for f in out.rglob("*") if f.is_file()}
+    assert files == {"etc/swanctl/conf.d/ipsec-vip-mesh.conf": 0o600, "etc/ipsec-vip/mesh-vips.conf": 0o600,
+                     "etc/ipsec-vip/mesh.nft": 0o644, "etc/strongswan.d/ipsec-vip-mesh.conf": 0o644}

@@ -22,9 +22,9 @@ def write(root: str, files: Sequence[File]) -> list[str]:
     """Write each file under ``root`` atomically (temp file created with its final mode, then
     renamed over the old one); returns the paths written."""
     out = []
+    _directories(root, files)
     for f in files:
         path = os.path.join(root, f.path)
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, f.mode)
@@ -40,6 +40,29 @@ def write(root: str, files: Sequence[File]) -> list[str]:
             raise IpsecVipError(f"cannot write {path}: {e.strerror}") from None
         out.append(path)
     return out
+
+
+def _directories(root: str, files: Sequence[File]) -> None:
+    """Create the missing directories for ``files`` (``root`` included): 0700 for one that will
+    hold only secret (0600) files and no directory, 0755 for any other, set by chmod after mkdir
+    so that no umask (000 made them 0777) decides. Existing directories are left as they are."""
+    leaves: dict[str, bool] = {}  # directory -> holds only secret files
+    for f in files:
+        d = os.path.dirname(os.path.join(os.path.abspath(root), f.path))
+        leaves[d] = leaves.get(d, True) and not f.mode & 0o077
+    for leaf, secret in leaves.items():
+        current = "/"
+        for part in leaf.strip("/").split("/"):
+            current = os.path.join(current, part)
+            inner = current != leaf or any(other.startswith(leaf + "/") for other in leaves)
+            mode = 0o700 if secret and not inner else 0o755
+            try:
+                os.mkdir(current, mode)
+                os.chmod(current, mode)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise IpsecVipError(f"cannot create {current}: {e.strerror}") from None
 
 
 def file_drift(root: str, files: Sequence[File]) -> list[str]:

@@ -239,7 +239,7 @@ def parse(doc: Any, path: str) -> Inventory:
         raise r.error(f"{prefix}{sorted(unknown)[0]}", "unknown key")
     if "psk_file" not in top or not isinstance(top["psk_file"], str) or not top["psk_file"]:
         raise r.error(f"{prefix}psk_file", "missing (the file `ipsec-vip mesh psk` writes)")
-    psk_file = os.path.join(os.path.dirname(os.path.abspath(path)), top["psk_file"])
+    psk_file = _confined(r, f"{prefix}psk_file", path, top["psk_file"])
     networks = r.networks(top.get("networks"), f"{prefix}networks")
     if not raw_nodes:
         raise r.error("nodes" if not prefix else "_meta.hostvars", "no nodes")
@@ -253,6 +253,19 @@ def parse(doc: Any, path: str) -> Inventory:
         raise r.error(f"{prefix}fwmark", "must be a non-zero 32-bit number, e.g. 0x100000")
     return Inventory(path=path, psk_file=psk_file, networks=networks, nodes=nodes, vips=vips,
                      skip_between=frozenset(skip), fwmark=fwmark)
+
+
+def _confined(r: _Reader, where: str, path: str, name: str) -> str:
+    """``name`` (relative to the inventory's directory, or absolute) as a path inside that
+    directory's tree, symlinked directories resolved: ``mesh psk`` creates and appends to it,
+    so an inventory from elsewhere must not make it write outside (``../../root/x``)."""
+    base = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    full = os.path.normpath(os.path.join(base, name))
+    real = os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full))
+    if not name.isprintable() or not real.startswith(base + os.sep):
+        raise r.error(where, f"{_shown(name)} is outside {base}, the inventory's directory: keep the PSK file "
+                      "beside the inventory or below it")
+    return real
 
 
 def _cross_check(r: _Reader, prefix: str, addr_key: str, nodes: Mapping[str, Node], vips: Mapping[str, Vip],
