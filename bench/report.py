@@ -413,6 +413,10 @@ def fleet_targets(results: dict[str, Any], verdict: Any) -> list[tuple[str, str,
                     verdict(prim["ok"] and last is not None and last <= 15)))
     small = min(sizes)
     for role in ("promoted", "unpromoted"):
+        if small == n:
+            out.append((f"stateful monitor ({role}) @{n} SAs ≤ 2× at fewer SAs", "not measured: one fleet size",
+                        "not measured"))
+            continue
         a = ((_fleet_row(results, small, "stateful", "move") or {}).get("monitor") or {}).get(role, {})
         b = ((move or {}).get("monitor") or {}).get(role, {})
         pa = ((_fleet_row(results, small, "primitive", "move") or {}).get("monitor") or {}).get("started", {})
@@ -511,7 +515,7 @@ def fleet_plots(results: dict[str, Any], out: Path) -> list[str]:
             if r.get("vip_moved"):
                 ax.axvline(r["vip_moved"], linestyle=":", linewidth=0.8, color=ax.lines[-1].get_color())
     ax.set_xlabel("seconds since the event (dotted: VIP arrived on the new holder)")
-    ax.set_ylabel("clients whose CHILD_SA is (re)established on the new holder")
+    ax.set_ylabel("clients back (CHILD_SA on the new holder)")
     ax.set_title(f"N={n}: when each client's traffic resumed, {results['date']}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
