@@ -279,11 +279,6 @@ class Fleet:
         enlarge_udp_buffers(self.charon.pid, size)
 
     @staticmethod
-    def gateway_routes() -> list[tuple[str, ...]]:
-        """What a gateway needs to reach the fleet: its range via the fleet namespace's one address."""
-        return [("ip", "route", "replace", FLEET_NET, "via", FLEET_LAN_IP)]
-
-    @staticmethod
     def server_route(srv_ns: str) -> None:
         lab.run(lab.IP, "-n", srv_ns, "route", "replace", FLEET_POOL, "via", lab.BACK_VIP)
 
@@ -573,29 +568,6 @@ def check_event(fleet: Fleet, report: EventReport, before: dict[str, ClientSA], 
         after = snap
     report.duplicate_vips = duplicates(after)
     return report
-
-
-class Timeline(threading.Thread):
-    """Samples how many fleet clients hold an INSTALLED CHILD_SA on ``node`` over time."""
-
-    def __init__(self, count: Any, period: float = 0.25, seconds: float = 60) -> None:
-        super().__init__(daemon=True)
-        self.count, self.period, self.seconds = count, period, seconds
-        self.points: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self.start()
-
-    def run(self) -> None:
-        t0 = time.monotonic()
-        while not self._stop.is_set() and time.monotonic() - t0 < self.seconds:
-            with contextlib.suppress(Exception):
-                self.points.append((time.monotonic(), int(self.count())))
-            self._stop.wait(self.period)
-
-    def stop(self) -> list[tuple[float, int]]:
-        self._stop.set()
-        self.join(10)
-        return self.points
 
 
 # --------------------------------------------------------------------------- through Pacemaker
