@@ -165,8 +165,10 @@ while True:
 
 # One echo through each given virtual IP (3 tries); prints the virtual IPs answered.
 SWEEP = r"""
-import selectors, socket, sys, time
+import resource, selectors, socket, sys, time
 server, vips = sys.argv[1], sys.argv[2:]
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a socket per client: 10,000 and more
 sel = selectors.DefaultSelector()
 socks = {}
 for v in vips:
