@@ -48,7 +48,6 @@ demo: deps venv
 
 # benchmark table beside the peers (bench/README.md); BENCH_ARGS e.g. --failover-reps 0 --runs 30
 bench: deps venv
-	$(PY) -m pip install -q -e '.[test,bench]'
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m bench $(BENCH_ARGS)
 
 # install, man, deb, rpm: packaging/packaging.mk

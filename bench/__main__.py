@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     pngs = report.plots(results, out)
     print()
     print(md)
-    log(f"written {out / 'latest.md'}, {out / 'latest.json'}" + (f", {', '.join(pngs)}" if pngs else
-                                                                 " (no PNG: matplotlib not installed)"))
+    log(f"written {out / 'latest.md'}, {out / 'latest.json'}, {', '.join(pngs)}")
     return 0
 
 

@@ -106,3 +106,51 @@ def test_keepalived_targets_per_advert_int():
     missing = {t: verdict for t, _, verdict in report.targets(_results(
         vrrp={"available": False, "reason": "no keepalived", "rows": []}))}
     assert [missing[t] for t in missing if "keepalived" in t] == ["not measured", "not measured"]
+
+
+def _fleet_row(n: int, mode: str, scenario: str, gaps: list[float], vip: float = 1.0, **extra) -> dict:
+    return {"n": n, "mode": mode, "scenario": scenario, "label": f"{mode} {scenario}", "ok": True, "gaps": gaps,
+            "resumed": gaps, "vip_moved": vip, "lost_ike": 0, "no_round_trip": 0, "duplicate_vips": 0,
+            "joined": 5, "joined_ok": 5, "extra": {"copies": f"{n}/{n}", **extra},
+            "monitor": {"promoted": {"median_ms": 60.0 if n == 1 else 100.0, "rc": [8]},
+                        "unpromoted": {"median_ms": 60.0 if n == 1 else 150.0, "rc": [0]},
+                        "started": {"median_ms": 40.0, "rc": [0]}}}
+
+
+def _fleet(n: int = 1000) -> dict:
+    rows = []
+    for size in (1, n):
+        rows += [_fleet_row(size, "stateful", "move", [0.3, 0.4, 0.9], all_rekeyed_after_promote_s=1.5,
+                            established_after_s=[1.0, 2.0]),
+                 _fleet_row(size, "stateful", "standby", [0.5, 1.3], established_after_s=[1.5, 2.5]),
+                 _fleet_row(size, "stateful", "crash", [2.5, 3.5], vip=2.0, established_after_s=[2.2, 3.0]),
+                 _fleet_row(size, "primitive", "move", [3.8, 4.0], established_after_s=[5.0] * size)]
+    return {"rows": rows, "sizes": [1, n], "sample": 20}
+
+
+def test_fleet_verdicts_follow_the_issue_targets():
+    v = {t.split(":")[0]: (m, verdict) for t, m, verdict in report.targets(_results(fleet=_fleet()))}
+    assert v["fleet N=1000, stateful `pcs resource move --promoted`"][1] == "**met**"
+    assert v["fleet N=1000, stateful `pcs node standby`"][1] == "**not met**"  # 1.3 > 0.9 + 0.3
+    assert v["fleet N=1000, stateful crash of the promoted node"][1] == "**not met**"  # 3.5 > 2.0 + 1.0
+    assert v["fleet N=1000, primitive handoff=redirect move, stock clients"][1] == "**met**"
+    assert v["stateful monitor (promoted) @1000 SAs ≤ 2× @1"][1] == "**met**"  # 100 vs 60
+    assert v["stateful monitor (unpromoted) @1000 SAs ≤ 2× @1"][1] == "**not met**"  # 150 vs 60
+
+
+def test_fleet_lost_clients_fail_and_a_failed_size_is_not_measured():
+    fleet = _fleet()
+    fleet["rows"][4]["lost_ike"], fleet["rows"][4]["ok"] = 3, False  # the move at 1000
+    v = {t.split(":")[0]: verdict for t, _, verdict in report.targets(_results(fleet=fleet))}
+    assert v["fleet N=1000, stateful `pcs resource move --promoted`"] == "**not met**"
+    failed = {"rows": [{"n": 1000, "mode": "stateful", "scenario": "all", "failed": "RuntimeError: x"}],
+              "sizes": [1000]}
+    v = {t.split(":")[0]: verdict for t, _, verdict in report.targets(_results(fleet=failed))}
+    assert all(v[k] == "not measured" for k in v if k.startswith(("fleet", "stateful monitor")))
+    assert "failed: RuntimeError: x" in report.markdown(_results(fleet=failed))
+
+
+def test_fleet_pictures_are_drawn(tmp_path):
+    drawn = report.fleet_plots(_results(fleet=_fleet()), tmp_path)
+    assert drawn == ["fleet-gaps.png", "fleet-timeline.png"]
+    assert all((tmp_path / name).stat().st_size > 1000 for name in drawn)
