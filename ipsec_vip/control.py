@@ -185,8 +185,9 @@ def _record(params: Params, selection: Selection) -> Record:
                   interface=params.interface or "", handoff=params.handoff)
 
 
-def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline) -> str:
-    """Unload what the instance loaded; terminate its SAs once the VIP is gone."""
+def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline, keep_sas: bool = False) -> str:
+    """Unload what the instance loaded; terminate its SAs once the VIP is gone (``keep_sas``: never,
+    stateful mode leaves its passive copies to the next start)."""
     from ipsec_vip import handoff  # start and stop only: off the monitor's path
 
     record = read_record(params, instance, states)
@@ -204,8 +205,8 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
             return f"charon is not running on {uri}: nothing of ours can be loaded"
         here = vipmod.held(vip_addr)
         with handoff.during_stop(v, record, instance, states, here, deadline) as hand:
-            hand.sas = left = unload(v, record, states.others(instance), deadline, terminate=not here,
-                                      loaded=loaded, leases_kept=hand.active)
+            hand.sas = left = unload(v, record, states.others(instance), deadline, terminate=not (here or keep_sas),
+                                     loaded=loaded, leases_kept=hand.active, tally=not keep_sas)
             if params is not None and not here:
                 fallback.left_vip(v, params.fallback_connections, deadline)
             still = set(v.request("get-conns", timeout=deadline.left())["conns"]) & set(record.conns)
@@ -214,6 +215,8 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
         states.remove(instance)
     if hand.summary:
         return f"unloaded {len(record.conns)} connections; {hand.summary}"
+    if keep_sas:
+        return f"unloaded {len(record.conns)} connections, left their SAs in charon"
     if here and left:
         return (f"unloaded {len(record.conns)} connections; VIP {record.vip} still held here, so "
                 f"{left} SA(s) are left to carry traffic until it moves (no DELETE sent)")
@@ -221,11 +224,12 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
 
 
 def unload(v: Vici, record: Record, others: list[Record], deadline: Deadline, *, terminate: bool,
-           loaded: set[str] | None = None, leases_kept: bool = False) -> int:
+           loaded: set[str] | None = None, leases_kept: bool = False, tally: bool = True) -> int:
     """Unload the record's conns (those in ``loaded``, if given), then (``terminate``) their SAs,
     then the secrets and pools no record in ``others`` uses.
 
-    Returns the number of IKE_SAs terminated (terminate) or left up (not terminate).
+    Returns the number of IKE_SAs terminated (terminate) or left up (not terminate; 0 without
+    ``tally``: listing 1000 SAs is a cost on a path Pacemaker may wait for).
     """
     for name in record.conns:
         if loaded is not None and name not in loaded:
@@ -238,7 +242,7 @@ def unload(v: Vici, record: Record, others: list[Record], deadline: Deadline, *,
     if terminate:
         count = sas.clear(v, record.conns, deadline.left())
     else:
-        count = len(sas.ours(v, record.conns, deadline.left()))
+        count = len(sas.ours(v, record.conns, deadline.left())) if tally else 0
     used_secrets = {s for o in others for s in o.secrets}
     used_pools = {p for o in others for p in o.pools}
     for sid in record.secrets:

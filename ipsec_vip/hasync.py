@@ -7,9 +7,10 @@ and rekey its CHILD_SAs, for a peer that lost its copies). Facts this module is 
 (measured on 5.9.8, see docs/stateful.md):
 
 - Only an active (non-PASSIVE) SA syncs its deletion, and terminating a PASSIVE SA sends
-  nothing to the client. So stop first drops the segment, then destroys its PASSIVE copies:
-  nothing reaches the peer or the client, and the next start begins empty (one ``*1`` then
-  gives exactly one copy; 5.9.8 makes a duplicate for every repeated sync).
+  nothing to the client. So stop drops the segment and returns (a standby's promote on the
+  peer waits for it); the next start destroys the PASSIVE copies it left before anything asks
+  for a resync: nothing reaches the peer or the client, and every start begins empty (one
+  ``*1`` then gives exactly one copy; 5.9.8 makes a duplicate for every repeated sync).
 - ESP sequence numbers are not synced: the new active node must rekey every CHILD_SA
   right after taking the segment, or the client's replay window drops its packets.
 - 5.9.8 never deletes a rekeyed CHILD_SA of a PASSIVE IKE_SA: demote terminates the
@@ -171,17 +172,21 @@ def drop_deleted_children(v: Vici, seen: Sequence[IkeSa], timeout: float) -> int
 
 # --------------------------------------------------------------------------- the actions
 def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
-    """Every node: the plugin and its FIFO must be there, then load as the primitive does
-    (with or without the VIP: the standby needs the connections by name for the sync)."""
-    buffer = ""
+    """Every node: the plugin and its FIFO must be there; the sync socket gets its buffer and the
+    copies an earlier stop left are destroyed; then load as the primitive does (with or without
+    the VIP: the standby needs the connections by name for the sync)."""
+    done = ""
     try:
         with Vici(params.vici_socket, timeout=deadline.left()) as v:
             require_plugin(v, deadline.left())
         check_fifo(params.ha_fifo)
-        buffer = keep_sync_whole(params.vici_socket)
+        done = keep_sync_whole(params.vici_socket)
+        destroyed = destroy_leftovers(params, instance, states, deadline)
+        if destroyed:
+            done += f"{destroyed} passive copies left by the last stop destroyed; "
     except ViciUnreachable:
         pass  # control.start explains it
-    return buffer + control.start(params._replace(start_without_vip=True, handoff="none"), instance, states, deadline)
+    return done + control.start(params._replace(start_without_vip=True, handoff="none"), instance, states, deadline)
 
 
 def keep_sync_whole(vici_uri: str) -> str:
@@ -258,24 +263,33 @@ def _demote(params: Params | None, instance: str, states: StateDir, deadline: De
 
 
 def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline) -> str:
-    """Demote if promoted, destroy the PASSIVE copies (nothing reaches peer or client), unload."""
+    """Demote if promoted, then unload and return: the PASSIVE copies stay in charon until the
+    next start destroys them (a standby's promote on the peer waits for this stop; destroying
+    1000 copies here took 1.3-1.5 s)."""
     with states.lock(deadline.left(cap=3600)):
         record = control.read_record(params, instance, states)
         done = []
         if record is not None:
             done.append(_demote(params, instance, states, deadline, record))
-            uri, _ = target(record, params)
-            try:
-                with Vici(uri, timeout=deadline.left()) as v:
-                    copies = [s for s in sas.ours(v, record.conns, deadline.left()) if s.passive]
-                    for sa in copies:
-                        sas.terminate(v, {"ike-id": sa.uniqueid}, deadline.left())
-                done.append(f"{len(copies)} passive copies destroyed")
-            except ViciUnreachable:
-                pass
         promotion.set_promoted(states, instance, False)
-    done.append(control.stop(params, instance, states, deadline))
+    done.append(control.stop(params, instance, states, deadline, keep_sas=True))
     return "; ".join(done)
+
+
+def destroy_leftovers(params: Params, instance: str, states: StateDir, deadline: Deadline) -> int:
+    """A start on a node whose instance is not started: destroy the PASSIVE copies of our
+    connections an earlier stop left (nothing reaches the peer or the client: only an active SA
+    syncs its deletion), so that the resync that follows gives exactly one copy of each SA
+    (5.9.8 adds a copy for every repeated sync). Active SAs are never touched."""
+    with states.lock(deadline.left(cap=3600)):
+        if states.started(instance):
+            return 0  # a repeated start: the copies are the live ones
+        conns = list(control.select(params).connections)
+        with Vici(params.vici_socket, timeout=deadline.left()) as v:
+            copies = [s for s in sas.ours(v, conns, deadline.left()) if s.passive]
+            for sa in copies:
+                sas.terminate(v, {"ike-id": sa.uniqueid}, deadline.left())
+    return len(copies)
 
 
 def resync_peer(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:

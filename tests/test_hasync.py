@@ -157,3 +157,31 @@ def test_ha_settings_follow_strongswan_conf_grammar(tmp_path):
     assert swanctl.settings(str(main), "charon.plugins.vici") is None
     assert preflight._ha_settings(str(main)) == {"local": "192.0.2.1", "monitor": "no", "secret": "s e c",
                                                  "remote": "192.0.2.2"}
+
+
+def test_start_destroys_only_the_passive_copies_a_stop_left(env):
+    """Stop leaves its passive copies (the peer's promote waits for stop); the next start
+    destroys them, and only them, before the resync, wherever the VIP is - a repeated start of
+    a started instance keeps its live copies."""
+    from ipsec_vip.action import Deadline
+    from ipsec_vip import vip as vipmod
+    from ipsec_vip.params import Params
+    from ipsec_vip.state import Record, StateDir
+    from tests.vici_fakes import FakeCharon
+
+    fake = FakeCharon(env["tmp"] / "charon.vici")
+    fake.sas = {"rw": [{"uniqueid": "1", "state": "PASSIVE"}, {"uniqueid": "2", "state": "PASSIVE"},
+                       {"uniqueid": "3", "state": "ESTABLISHED"}],
+                "other": [{"uniqueid": "4", "state": "PASSIVE"}]}
+    params = Params(vip=vipmod.parse_vip("192.0.2.199"), config=str(env["conf"]), vici_socket=fake.uri)
+    states = StateDir(env["rsctmp"])
+    try:
+        states.write("vpn", Record(vip="192.0.2.199", config=str(env["conf"]), conns=["rw"]))
+        assert hasync.destroy_leftovers(params, "vpn", states, Deadline(10)) == 0
+        assert fake.sent("terminate") == []
+        states.remove("vpn")
+        assert hasync.destroy_leftovers(params, "vpn", states, Deadline(10)) == 2
+    finally:
+        fake.close()
+    assert [m["ike-id"] for m in fake.sent("terminate")] == ["1", "2"]
+    assert [s["uniqueid"] for bodies in fake.sas.values() for s in bodies] == ["3", "4"]

@@ -92,8 +92,8 @@ def move(env: dict[str, Any], old: str, new: str) -> None:
     assert all(state == "PASSIVE" for state, _ in gw_state(lb, old)), gw_state(lb, old)
     lb.del_vip(old)
     lb.add_vip(new)
-    ok(act(env, old, "stop"))
-    assert lb.gateways[old].conns() == [] and gw_state(lb, old) == []
+    ok(act(env, old, "stop"))  # unloads and returns: the passive copy stays for the next start to destroy
+    assert lb.gateways[old].conns() == [] and gw_state(lb, old) == [("PASSIVE", ["INSTALLED"])]
     ok(act(env, new, "promote"))
 
 
@@ -143,7 +143,9 @@ def test_start_promote_move_and_back(halab):
         assert [(s["initiator-spi"], s["responder-spi"]) for s in now] == [spis], "the client lost its IKE_SA"
         assert act(env, new, "monitor").rc == 8
         assert act(env, old, "monitor").rc == 7
-        rejoin(env, old, active=new)
+        rejoin(env, old, active=new)  # start destroyed the copy the stop left: the resync gives one
+        ok(act(env, old, "start"))  # a repeated start keeps the live copy
+        assert gw_state(lb, old) == [("PASSIVE", ["INSTALLED"])]
         assert act(env, old, "monitor").rc == 0
         wait(lambda n=new: gw_state(lb, n) == [("ESTABLISHED", ["INSTALLED"])], f"one SA on {new}")
 
