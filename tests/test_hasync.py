@@ -163,8 +163,8 @@ def test_start_destroys_only_the_passive_copies_a_stop_left(env):
     """Stop leaves its passive copies (the peer's promote waits for stop); the next start
     destroys them, and only them, before the resync, wherever the VIP is - a repeated start of
     a started instance keeps its live copies."""
-    from ipsec_vip.action import Deadline
     from ipsec_vip import vip as vipmod
+    from ipsec_vip.action import Deadline
     from ipsec_vip.params import Params
     from ipsec_vip.state import Record, StateDir
     from tests.vici_fakes import FakeCharon
