@@ -276,9 +276,10 @@ def test_a_client_connecting_after_a_move_gets_an_address_nobody_holds(halab):
 def test_a_stop_with_attrd_hung_unloads_within_its_timeout(halab, tmp_path):
     """Pacemaker's move with the old holder's attrd not answering (crm_attribute and
     attrd_updater hang, bind-mounted over the real ones): its stop still demotes and unloads
-    (leaving its passive copy to the next start), and returns 0 inside its 6 s timeout - the promotion score is skipped for
-    lack of time, never waited for (before: a fixed 10 s for each command, past the timeout:
-    Pacemaker fences a node whose stop times out). The new holder takes the client over."""
+    (leaving its passive copy to the next start), and returns 0 inside its 6 s timeout - the
+    promotion score is skipped for lack of time, never waited for (before: a fixed 10 s for each
+    command, past the timeout: Pacemaker fences a node whose stop times out). The new holder
+    takes the client over."""
     env, lb = halab, halab["lab"]
     active = next(gw for gw in ("gw1", "gw2") if act(env, gw, "monitor").rc == 8)
     new = "gw2" if active == "gw1" else "gw1"
