@@ -11,6 +11,7 @@ to ``str`` and raises the project's typed errors carrying charon's ``errmsg``.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import sys
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
 DEFAULT_SOCKET = "unix:///var/run/charon.vici"
+MAX_PACKET = 64 << 20  # far above anything charon sends (one event per SA; requests are under 512 KiB)
 
 
 def socket_path(uri: str) -> str:
@@ -37,6 +39,18 @@ def socket_path(uri: str) -> str:
     if not path.startswith("/"):
         raise ValueError(f"vici_socket must be unix:///absolute/path, not {uri!r}")
     return path
+
+
+def check_peer(sock: socket.socket, uri: str) -> None:
+    """The process that serves the socket (SO_PEERCRED: who listened, as the kernel saw it at
+    connect, so no file can be swapped in between) must be root's, or ours: charon runs as root,
+    and anyone else listening there (a socket planted in a writable directory, a charon started
+    by another user) would receive the secrets we load."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    if uid not in (0, os.geteuid()):
+        raise ViciError(f"refusing {uri}: it is served by uid {uid} (pid {pid}), not root: not charon's socket, "
+                        "or charon runs as another user")
 
 
 def decode(value: Any) -> Any:
@@ -132,6 +146,11 @@ class Vici:
             except OSError as e:
                 sock.close()
                 raise ViciError(f"cannot connect to charon on {self.uri}: {e.strerror or e}") from None
+            try:
+                check_peer(sock, self.uri)
+            except ViciError:
+                sock.close()
+                raise
             self._sock, self._session = sock, session_class(sock)
         return self._session
 
@@ -234,7 +253,10 @@ class _Packets:
         while True:
             buf, at = self._buf, self._at
             if len(buf) - at >= 4:
-                end = at + 4 + int.from_bytes(buf[at:at + 4], "big")
+                length = int.from_bytes(buf[at:at + 4], "big")
+                if length > MAX_PACKET:
+                    raise ValueError(f"a VICI packet of {length} bytes (more than {MAX_PACKET >> 20} MiB)")
+                end = at + 4 + length
                 if end <= len(buf) and end > at + 4:
                     self._at = end
                     return buf[at + 4], buf[at + 5:end]
@@ -305,51 +327,65 @@ def message_size(message: dict[str, Any]) -> int:
 
 
 class LogListener:
-    """charon's log as VICI ``log`` events, collected by a thread, per IKE_SA unique id."""
+    """charon's log as VICI ``log`` events, collected by a thread, per IKE_SA unique id.
+
+    The registration must be confirmed within ``timeout`` however slowly the other end writes
+    (a watchdog shuts the socket down: a per-recv timeout was reset by each byte); packets are
+    bounded (:data:`MAX_PACKET`) and so are the lines kept per IKE_SA (:data:`MAX_LINES`)."""
+
+    MAX_LINES = 200
 
     def __init__(self, uri: str, timeout: float) -> None:
         _session_class()  # the package, loaded the cheap way
-        from vici.protocol import Packet, Transport
+        from vici.protocol import Packet
 
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self._sock.settimeout(max(timeout, 0.1))
         self.lines: dict[int, list[str]] = {}
         self._lock = threading.Lock()
         self._stopped = False
+        self._packets = _Packets(self._sock)
+        watchdog = _Watchdog(self._sock)
+        call = watchdog.arm(time.monotonic() + max(timeout, 0.1))
         try:
             self._sock.connect(socket_path(uri))
-            self._transport = Transport(self._sock)
-            self._transport.send(Packet.register_event("log"))
+            check_peer(self._sock, uri)
+            packet = Packet.register_event("log")
+            self._sock.sendall(len(packet).to_bytes(4, "big") + packet)
             while True:
-                kind = Packet.parse(self._transport.receive()).response_type
+                kind, _ = self._packets.next()
                 if kind == Packet.EVENT_CONFIRM:
                     break
                 if kind != Packet.EVENT:
                     raise ViciError("charon does not offer its log over VICI")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, ViciError) as e:
             self._sock.close()
-            raise ViciError(f"cannot listen to charon's log on {uri}: {e}") from None
+            why = "no confirmation in time" if watchdog.fired(call) else str(e)
+            raise ViciError(f"cannot listen to charon's log on {uri}: {why}") from None
+        finally:
+            watchdog.stop()
+        self._sock.settimeout(None)  # the thread waits for events; close() wakes it
         self._thread = threading.Thread(target=self._loop, name="vici-log", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        from vici.protocol import Message, Packet
+        from vici.protocol import Packet
 
         while not self._stopped:
             try:
-                packet = Packet.parse(self._transport.receive(0.2))
-            except socket.timeout:
-                continue
+                kind, body = self._packets.next()
             except (OSError, ValueError):
                 return
-            if packet.response_type != Packet.EVENT:
+            if kind != Packet.EVENT or not body:
                 continue
             with contextlib.suppress(Exception):
-                event = decode(Message.deserialize(packet.payload))
+                event = parse(body[1 + body[0]:])  # after the event's name
                 ike_id = int(event.get("ikesa-uniqueid", 0))
                 if ike_id:
                     with self._lock:
-                        self.lines.setdefault(ike_id, []).append(str(event.get("msg", "")))
+                        lines = self.lines.setdefault(ike_id, [])
+                        lines.append(str(event.get("msg", "")))
+                        del lines[:-self.MAX_LINES]
 
     def of(self, ike_id: int) -> list[str]:
         with self._lock:

@@ -43,7 +43,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ipsec_vip import control, netlink, watchconf
 from ipsec_vip import vip as vipmod
@@ -90,6 +90,20 @@ def notify(state: str, wait: float = 2.0) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _signals_caught() -> Iterator[None]:
+    """SIGTERM, SIGINT and SIGHUP logged and otherwise ignored while the final stop runs."""
+    def note(sig: int, _frame: object) -> None:
+        log.info("%s received: finishing the final stop first", signal.Signals(sig).name)
+
+    saved = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 # --------------------------------------------------------------------------- the daemon
 class Watcher:
     """Keeps one VIP's connections loaded in charon exactly while the VIP is held here."""
@@ -120,19 +134,25 @@ class Watcher:
         self._wake: asyncio.Event | None = None
         self._netlink: socket.socket | None = None
         self._stopping = False
+        self._code: int | None = None  # the final stop's outcome, once it ran
 
     def run(self) -> int:
         """Watch until SIGTERM/SIGINT; 0 after a clean stop, 1 if the final stop failed.
 
         The final stop runs however the loop ended (an error out of it included), so our
-        connections never outlive the daemon; such an error is raised after it.
+        connections never outlive the daemon; such an error is raised after it. Signals keep
+        being caught until it is done: a second SIGTERM or a Ctrl-C during it (seconds, with a
+        handoff) killed the daemon half way and left connections or a drop rule behind.
         """
         self.states.ensure()
+        self._code = None
         try:
             asyncio.run(self._main())
         finally:
-            code = self._shutdown()
-        return code
+            if self._code is None:  # the loop never reached its own final stop
+                with _signals_caught():
+                    self._code = self._shutdown()
+        return self._code
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -152,6 +172,7 @@ class Watcher:
         finally:
             self._unlisten()
             self._disconnect()
+            self._code = self._shutdown()  # the loop's handlers still take the signals meanwhile
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 

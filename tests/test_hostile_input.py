@@ -4,12 +4,19 @@ and nothing is written. Fast tier: no daemon (each command fails before it would
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from lab import core as lab
 
@@ -319,3 +326,175 @@ def test_mesh_render_makes_0755_and_0700_directories_whatever_the_umask(tmp_path
     files = {str(f.relative_to(out)): f.stat().st_mode & 0o7777 for f in out.rglob("*") if f.is_file()}
     assert files == {"etc/swanctl/conf.d/ipsec-vip-mesh.conf": 0o600, "etc/ipsec-vip/mesh-vips.conf": 0o600,
                      "etc/ipsec-vip/mesh.nft": 0o644, "etc/strongswan.d/ipsec-vip-mesh.conf": 0o644}
+
+
+# --------------------------------------------------------------------------- item 8: the VICI socket, the log listener
+SERVE_AS_NOBODY = r"""
+import socket, sys
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(sys.argv[1])
+srv.listen(8)
+print("ready", flush=True)
+log = open(sys.argv[2], "ab", buffering=0)
+while True:
+    c, _ = srv.accept()
+    c.settimeout(5)
+    try:
+        while True:  # answer every request like an empty charon would: success, nothing loaded
+            head = c.recv(4)
+            if len(head) < 4:
+                break
+            n = int.from_bytes(head, "big")
+            body = b""
+            while len(body) < n:
+                chunk = c.recv(n - len(body))
+                if not chunk:
+                    break
+                body += chunk
+            log.write(head + body)
+            if body[:1] in (b"\x03", b"\x04"):  # (un)register: confirmed
+                reply = b"\x05"
+            elif body[2:2 + body[1]] == b"get-conns":
+                reply = b"\x01\x04\x05conns\x06"
+            elif body[2:2 + body[1]] == b"get-shared":
+                reply = b"\x01\x04\x04keys\x06"
+            elif body[2:2 + body[1]].startswith(b"get-") or body[2:2 + body[1]] == b"list-sas":
+                reply = b"\x01"
+            else:
+                reply = b"\x01\x03\x07success\x00\x03yes"
+            c.sendall(len(reply).to_bytes(4, "big") + reply)
+    except OSError:
+        pass
+    c.close()
+"""
+
+
+@pytest.mark.root
+def test_secrets_are_never_sent_to_a_vici_socket_served_by_another_user(tmp_path: Path) -> None:
+    """A socket planted by an ordinary user (a world-writable directory, or a charon of theirs)
+    answers like charon; start must refuse it before sending anything, let alone the PSK."""
+    psk = "Pl4nt3dS0ck3tPsk-0123456789abcdefghij"
+    d = Path(tempfile.mkdtemp(prefix="ipsec-vip-sock-"))
+    try:
+        os.chmod(d, 0o777)
+        sock, log = d / "charon.vici", d / "received"
+        server = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                   "/usr/bin/python3", "-c", SERVE_AS_NOBODY, str(sock), str(log)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None and server.stdout.readline() == "ready\n"
+            conf = tmp_path / "swanctl.conf"
+            conf.write_text(conn() + f'secrets {{\n  ike-rw {{\n    secret = "{psk}"\n  }}\n}}\n')
+            netns = lab.add_netns("sock")  # start runs nft: never in the host's namespace
+            try:
+                r = lab.agent("start", {"vip": VIP, "config": str(conf), "vici_socket": f"unix://{sock}",
+                                        "start_without_vip": "true"}, netns=netns, rsctmp=str(tmp_path / "rsctmp"),
+                              timeout=30, **PASS_ON)
+            finally:
+                lab.remove_netns(netns)
+        finally:
+            server.kill()
+            server.wait()
+        received = log.read_bytes() if log.exists() else b""
+        assert psk.encode() not in received
+        assert received == b"", "talked to a socket of another user's"
+        assert r.rc == 1 and len(r.reasons) == 1, r.stderr
+        assert "is served by uid 65534" in r.reasons[0] and "not root" in r.reasons[0]
+        assert psk not in r.stdout + r.stderr
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_redirect_log_listener_gives_up_in_time_on_a_peer_that_trickles(tmp_path: Path) -> None:
+    """charon's log registration answered one byte a time, or with a 2 GiB length: the
+    listener (stop's REDIRECT handoff) gives up within its timeout instead of hanging the stop."""
+    from ipsec_vip.errors import ViciError
+    from ipsec_vip.vici_session import LogListener
+    from tests.vici_fakes import FakeServer, read_packet
+
+    def trickle(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            read_packet(conn)
+            conn.sendall((1000).to_bytes(4, "big"))
+            for _ in range(400):
+                conn.sendall(b"\x05")
+                time.sleep(0.05)
+
+    def huge(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            read_packet(conn)
+            conn.sendall((2 << 30).to_bytes(4, "big") + b"\x05" * 1000)
+            time.sleep(20)
+
+    for behave in (trickle, huge):
+        server = FakeServer(tmp_path / f"{behave.__name__}.vici", behave)
+        outcome: list[object] = []
+
+        def listen(uri: str = server.uri, outcome: list[object] = outcome) -> None:
+            try:
+                LogListener(uri, 1.0).close()
+                outcome.append("listening")
+            except ViciError as e:
+                outcome.append(e)
+
+        start = time.monotonic()
+        t = threading.Thread(target=listen, daemon=True)
+        t.start()
+        t.join(10)
+        server.close()
+        assert not t.is_alive(), f"{behave.__name__}: the listener still waits"
+        assert time.monotonic() - start < 3
+        assert isinstance(outcome[0], ViciError), outcome
+
+
+# --------------------------------------------------------------------------- item 8: the watch daemon's last stop
+@pytest.mark.root
+def test_the_watch_daemon_finishes_its_final_stop_through_more_signals(tmp_path: Path) -> None:
+    """SIGTERM starts the final stop (unload); a second SIGTERM and a Ctrl-C (SIGINT) during it
+    used to kill the daemon half way, leaving the connections loaded."""
+    import signal
+
+    from tests.vici_fakes import FakeCharon
+
+    class SlowUnload(FakeCharon):
+        def _answer(self, command: str, m: dict[str, object]) -> tuple[list[tuple[str, object]], dict[str, object]]:
+            if command == "unload-conn":
+                time.sleep(2)
+            return super()._answer(command, m)  # type: ignore[arg-type]
+
+    charon = SlowUnload(tmp_path / "charon.vici")
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(conn())
+    netns = lab.add_netns("wsig")
+    try:
+        lab.in_ns(netns, lab.IP, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+        lab.in_ns(netns, lab.IP, "link", "set", "d1", "up")
+        lab.in_ns(netns, lab.IP, "addr", "add", f"{VIP}/24", "dev", "d0")
+        lab.in_ns(netns, lab.IP, "link", "set", "d0", "up")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", **PASS_ON}
+        daemon = subprocess.Popen([lab.IP, "netns", "exec", netns, sys.executable, "-m", "ipsec_vip.cli", "watch",
+                                   "--vip", VIP, "--config", str(conf), "--vici-socket", charon.uri,
+                                   "--handoff", "none", "--state-dir", str(tmp_path / "run")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            end = time.monotonic() + 15
+            while "rw" not in charon.loaded and time.monotonic() < end:
+                time.sleep(0.05)
+            assert "rw" in charon.loaded, "the daemon did not load the connection"
+            daemon.send_signal(signal.SIGTERM)
+            while not charon.sent("unload-conn") and time.monotonic() < end:
+                time.sleep(0.02)
+            assert charon.sent("unload-conn"), "no final stop"
+            daemon.send_signal(signal.SIGTERM)  # during the final stop (unload takes 2 s)
+            daemon.send_signal(signal.SIGINT)
+            _, stderr = daemon.communicate(timeout=20)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+    finally:
+        lab.remove_netns(netns)
+        charon.close()
+    assert daemon.returncode == 0, stderr
+    assert "unloaded 1 connections" in stderr and "finishing the final stop" not in stderr.split("unloaded")[-1]
+    assert "rw" not in charon.loaded
