@@ -17,6 +17,11 @@ and rekey its CHILD_SAs, for a peer that lost its copies). Facts this module is 
   DELETED children first (destroyed locally, nothing sent; the destroy is synced).
 - ``*1`` must be written on the *active* node only, once, after the peer loaded the
   connections (a sync for an unknown connection is dropped for good).
+- The plugin's pools (``charon.plugins.ha.pools``, the only ones a takeover keeps right) hand
+  out addresses only where the segment is active: a client reaching the VIP on a node not yet
+  promoted (after a crash, between the VIP's arrival and the promote) got INTERNAL_ADDRESS_FAILURE
+  and no CHILD_SA. So an unpromoted instance drops new IKE_SA_INIT to the VIP silently (the
+  handoff's nftables rule): the client's retransmit reaches the promoted node.
 
 The plugin's FIFO reads one command per open (``ha_ctl.c``): :func:`send` writes one and
 waits until the plugin has read it, so two commands never merge.
@@ -186,7 +191,10 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -
             done += f"{destroyed} passive copies left by the last stop destroyed; "
     except ViciUnreachable:
         pass  # control.start explains it
-    return done + control.start(params._replace(start_without_vip=True, handoff="none"), instance, states, deadline)
+    done += control.start(params._replace(start_without_vip=True, handoff="none"), instance, states, deadline)
+    if not promotion.promoted(states, instance):  # a repeated start of the promoted instance admits them
+        admit_new_clients(str(params.vip), False)
+    return done
 
 
 def keep_sync_whole(vici_uri: str) -> str:
@@ -223,7 +231,10 @@ def promote(params: Params, instance: str, states: StateDir, deadline: Deadline)
             still = [s for s in seen if s.passive]
             if still:
                 raise IpsecVipError(f"segment taken but {len(still)} IKE_SA(s) stayed PASSIVE")
-            queued = sas.rekey_all(uri, seen, deadline.left())
+            try:
+                queued = sas.rekey_all(uri, seen, deadline.left())
+            finally:
+                admit_new_clients(str(params.vip), True)  # the pools serve here now
     return (f"segment {SEGMENT} active here: {len(seen)} synced IKE_SA(s), rekey of {queued} CHILD_SA(s) queued "
             f"in {time.monotonic() - t0:.2f}s")
 
@@ -252,6 +263,7 @@ def _demote(params: Params | None, instance: str, states: StateDir, deadline: De
             dropped = drop_deleted_children(v, seen, deadline.left())
             send(fifo, f"-{SEGMENT}", timeout=deadline.left())
             promotion.set_promoted(states, instance, False)
+            admit_new_clients(record.vip, False)
             seen = wait_states(v, record.conns, passive=True, seconds=deadline.left(cap=5))
     except ViciUnreachable:
         promotion.set_promoted(states, instance, False)
@@ -273,7 +285,25 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
             done.append(_demote(params, instance, states, deadline, record))
         promotion.set_promoted(states, instance, False)
     done.append(control.stop(params, instance, states, deadline, keep_sas=True))
+    if record is not None:
+        admit_new_clients(record.vip, True)
     return "; ".join(done)
+
+
+def admit_new_clients(vip: str, admit: bool) -> None:
+    """Accept new IKE_SA_INIT to the VIP here (promoted), or drop them silently (started, not
+    promoted: the ha pools would answer INTERNAL_ADDRESS_FAILURE). Without nft, a warning."""
+    from ipsec_vip import droprule
+
+    try:
+        if admit:
+            droprule.remove(vipmod.parse_vip(vip))
+        else:
+            droprule.add(vipmod.parse_vip(vip))
+    except droprule.NftUnavailable as e:
+        if not admit:
+            log.warning("new clients of VIP %s that reach this node before it is promoted will get no virtual "
+                        "IP (INTERNAL_ADDRESS_FAILURE): cannot drop them until then: %s", vip, e)
 
 
 def destroy_leftovers(params: Params, instance: str, states: StateDir, deadline: Deadline) -> int:

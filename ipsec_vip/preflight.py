@@ -16,13 +16,16 @@ import shlex
 import stat
 import zlib
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ipsec_vip import charon, control, firewall, netlink, swanctl
 from ipsec_vip.errors import CommandError, ConfigError, IpsecVipError, NetlinkError
 from ipsec_vip.params import Params
 from ipsec_vip.runner import Runner
 from ipsec_vip.vici_session import Vici
+
+if TYPE_CHECKING:
+    from ipsec_vip.vip import IPAddress
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 SWANCTL_CONF = "/etc/swanctl/swanctl.conf"
@@ -436,9 +439,13 @@ def check_firewall(ctx: Context) -> list[Finding]:
 
 def check_handoff_rules(ctx: Context) -> list[Finding]:
     """No drop rule of a handoff (ipsec_vip.droprule) outlives it: the sweeper removes it once the
-    VIP has left, the next start before loading; one on a node without the VIP is a leftover."""
+    VIP has left, the next start before loading; one on a node without the VIP is a leftover -
+    but for a stateful instance started and not promoted here, which holds new clients back until
+    its promote (the ha plugin's pools serve only the promoted node)."""
     from ipsec_vip import droprule
     from ipsec_vip import vip as vipmod
+
+    standby = _unpromoted_vips() if _ha_loaded(ctx) else set()
 
     if not droprule.installed():
         return []
@@ -453,7 +460,10 @@ def check_handoff_rules(ctx: Context) -> list[Finding]:
     for vip, handles in sorted(rules.items(), key=lambda kv: (kv[0].version, kv[0])):
         fix = "; ".join(shlex.join(["nft", "delete", "rule", droprule.FAMILY, droprule.TABLE, droprule.CHAIN,
                                     "handle", str(h)]) for h in handles)
-        if vipmod.held(vip):
+        if vip in standby:
+            out.append(Finding("handoff", OK, f"new IKE_SA_INIT to VIP {vip} are dropped until this node's "
+                               "stateful instance is promoted (the ha plugin's pools give no address before)"))
+        elif vipmod.held(vip):
             out.append(Finding("handoff", WARN, f"new IKE_SA_INIT to VIP {vip}, held here, are dropped by a "
                                "handoff's rule: right for the moment between stop and the VIP's departure, "
                                "else no new client can connect", f"{fix} (or start the resource: start removes it)"))
@@ -461,6 +471,25 @@ def check_handoff_rules(ctx: Context) -> list[Finding]:
             out.append(Finding("handoff", FAIL, f"leftover drop rule of a handoff for VIP {vip}, which this node "
                                "does not hold: new clients would be dropped if the VIP came back without the "
                                "resource's start", fix))
+    return out
+
+
+def _unpromoted_vips() -> set[IPAddress]:
+    """The VIPs of the instances started here and not promoted (stateful: the promoted mark)."""
+    from ipsec_vip import promotion
+    from ipsec_vip import vip as vipmod
+    from ipsec_vip.state import StateDir
+
+    states = StateDir()
+    try:
+        records = states.records()
+    except IpsecVipError:
+        return set()
+    out = set()
+    for name, record in records.items():
+        with contextlib.suppress(IpsecVipError):
+            if not promotion.promoted(states, name):
+                out.add(vipmod.parse_vip(record.vip))
     return out
 
 

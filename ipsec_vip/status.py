@@ -272,7 +272,8 @@ def render(rep: dict[str, Any]) -> str:
         if v["error"]:
             lines.append(f"  error: {v['error']}")
         if v["drop_rule"]:
-            lines.append("  new IKE_SA_INIT to it dropped here (a handoff's nftables rule, table inet ipsec_vip)")
+            lines.append("  new IKE_SA_INIT to it dropped here (nftables table inet ipsec_vip: a handoff's rule, or "
+                         "a stateful instance's until it is promoted)")
         if v["connections"]:
             lines.append(f"  {v['ike_sas_established']} IKE_SA(s) established, "
                          f"{v['child_sas_installed']} CHILD_SA(s) installed")

@@ -309,6 +309,65 @@ def test_a_stop_with_attrd_hung_unloads_within_its_timeout(halab, tmp_path):
     rejoin(env, active, new)
 
 
+def test_a_client_reaching_the_vip_before_the_promote_waits_for_it(halab):
+    """A crash of the promoted node: the VIP arrives on the standby before its promote, and the ha
+    plugin's pools give no address until the segment is active there (the client got
+    INTERNAL_ADDRESS_FAILURE and an IKE_SA without CHILD_SA, for good). The unpromoted instance
+    drops new IKE_SA_INIT to the VIP (check says why), so the client's retransmit reaches the
+    promoted node and gets an address and a CHILD_SA; the migrated client keeps its SA."""
+    import json
+    import shutil
+    import threading
+
+    env, lb = halab, halab["lab"]
+    assert lb.client is not None
+    active = next(gw for gw in ("gw1", "gw2") if act(env, gw, "monitor").rc == 8)
+    new = "gw2" if active == "gw1" else "gw1"
+    r = cli(env, new, "check", "--json", "--vici-socket", lb.gateways[new].uri, "--config", str(env["conf"]))
+    held = [f for f in json.loads(r.stdout)["findings"] if f["name"] == "handoff"]
+    assert [(f["level"], "until this node's stateful instance is promoted" in f["message"]) for f in held] == [
+        ("ok", True)], held
+    spis = [(s["initiator-spi"], s["responder-spi"]) for s in client_ike(lb)]
+    lb.gateways[active].kill()  # the crash
+    lb.del_vip(active)
+    lb.add_vip(new)
+    with lb.client.vici() as s:
+        s.load_conn({"late": lab.stock_conn(LATE)["home"]})
+    failed: list[BaseException] = []
+
+    def initiate() -> None:
+        try:
+            with lb.client.vici() as s:
+                for _ in s.initiate({"child": "home", "ike": "late", "timeout": "20000", "init-limits": "no"}):
+                    pass
+        except BaseException as e:  # reported by the test below
+            failed.append(e)
+
+    joiner = threading.Thread(target=initiate)
+    joiner.start()
+    try:
+        wait(lambda: any(sa["name"] == "late" for sa in lb.client.sas()), "the late client's IKE_SA_INIT sent")
+        ok(act(env, new, "promote"))
+        joiner.join(30)
+        assert not failed, failed
+        (late,) = [sa for sa in lb.client.sas() if sa["name"] == "late"]
+        assert late["local-vips"] and late["child-sas"], late
+        assert all(state == "ESTABLISHED" and children for state, children in gw_state(lb, new)), gw_state(lb, new)
+        flows(lb)
+        assert traffic(lb)
+        assert [(s["initiator-spi"], s["responder-spi"]) for s in client_ike(lb)] == spis
+    finally:
+        joiner.join(30)
+        with lb.client.vici() as s:
+            for _ in s.terminate({"ike": "late", "timeout": "5000"}):
+                pass
+            s.unload_conn({"name": "late"})
+    wait(lambda: len(gw_state(lb, new)) == 1, f"the late client's SA gone from {new}")
+    shutil.rmtree(env["rsctmp"][active])  # a crash is a reboot: /run is gone
+    lb.gateways[active].launch()
+    rejoin(env, active, new)
+
+
 def test_a_rekey_charon_refuses(halab, tmp_path):
     """The takeover's rekey refused: promote says so (1, one reason, no traceback); the segment
     is taken (monitor 8), and Pacemaker's retry of the promote brings the traffic back. The
