@@ -97,7 +97,8 @@ META = ocf.MetaData(
                       "Names of connections loaded by other means (e.g. a mesh node's tunnel to this VIP, "
                       "mesh-NET-to-vip) that this node initiates while it does not hold the VIP and "
                       "terminates when it takes the VIP: start terminates them, stop initiates them once "
-                      "the VIP has left. Separated by spaces or commas; empty: none.", default=""),
+                      "the VIP has left. Added to those the config names for its connections in its ipsec-vip section "
+                      "(mesh-vips.conf does). Separated by spaces or commas; empty: none.", default=""),
         ocf.Parameter("handoff", "What stop does with the clients",
                       "Primitive mode: what stop does with the clients while this node still holds the VIP. "
                       "redirect: silently drop new IKE_SA_INIT to the VIP here (an nftables table "

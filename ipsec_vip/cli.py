@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ipsec_vip import __version__
 from ipsec_vip.errors import OCF_ERR_GENERIC, IpsecVipError
-from ipsec_vip.log import SYSLOG_PRIORITY, stderr_is_journal
+from ipsec_vip.log import journal_formatter, stderr_is_journal
 
 log = logging.getLogger("ipsec-vip")
 
@@ -28,14 +28,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-class JournalFormatter(logging.Formatter):
-    """Under systemd (the watch unit) each line carries its priority as an sd-daemon(3) prefix,
-    so `journalctl -p warning` finds the warnings; the level name is then left out."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{SYSLOG_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
@@ -43,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = "<3>" if journal else ""  # the error lines below, at priority err in the journal
     if journal:
         handler = logging.StreamHandler()
-        handler.setFormatter(JournalFormatter("%(message)s"))
+        handler.setFormatter(journal_formatter())
         logging.basicConfig(handlers=[handler], level=level)
     else:
         logging.basicConfig(format="%(levelname)s: %(message)s", level=level)

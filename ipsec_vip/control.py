@@ -76,8 +76,10 @@ def _unreachable(uri: str) -> IpsecVipError:
     return ViciUnreachable(charon.explain_unreachable(uri))
 
 
-def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
-    """Load the selection into charon; returns a one-line summary. Idempotent."""
+def start(params: Params, instance: str, states: StateDir, deadline: Deadline, *, vip_coming: bool = True) -> str:
+    """Load the selection into charon; returns a one-line summary. Idempotent. The fallback
+    connections are ended unless the VIP is neither here nor ``vip_coming`` (a watch daemon that
+    keeps the connections loaded on every node: :func:`vip_moved` follows the VIP then)."""
     from ipsec_vip import handoff  # start and stop only: off the monitor's path
 
     selection = select(params)
@@ -117,7 +119,8 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline) -
         missing = [c for c in record.conns if c not in now]
         if missing:
             raise IpsecVipError(f"charon accepted but does not list connection(s) {', '.join(missing)}")
-        fallback.taking_vip(v, params.fallback_connections, deadline)
+        if held or vip_coming:
+            fallback.taking_vip(v, tuple(record.fallbacks), deadline)
     inert = "" if held else " (inert until the VIP arrives)"
     return (f"loaded {len(record.conns)} connections, {len(record.secrets)} secrets, "
             f"{len(record.pools)} pools for VIP {params.vip}{inert}")
@@ -182,7 +185,30 @@ def _record(params: Params, selection: Selection) -> Record:
     return Record(vip=str(params.vip), config=params.config, conns=list(selection.connections),
                   secrets=[s["id"] for s in selection.secrets], pools=list(selection.pools),
                   initiators=initiators(selection.connections), vici_socket=params.vici_socket,
-                  interface=params.interface or "", handoff=params.handoff)
+                  interface=params.interface or "", handoff=params.handoff,
+                  fallbacks=list(dict.fromkeys((*params.fallback_connections, *selection.fallbacks))))
+
+
+def vip_moved(params: Params, instance: str, states: StateDir, deadline: Deadline, held: bool) -> str:
+    """The VIP came or went while our connections stay loaded (start_without_vip under watch): on
+    arrival end the fallback connections; on departure terminate our SAs (silently: the VIP, the
+    only address they can send from, is gone) and start the fallback connections."""
+    record = read_record(params, instance, states)
+    if record is None:
+        return "not started here"
+    uri, _ = target(record, params)
+    with states.lock(deadline.left(cap=3600)), _session(uri, deadline) as v:
+        try:
+            if held:
+                fallback.taking_vip(v, tuple(record.fallbacks), deadline)
+                return f"VIP {record.vip} arrived: connections stay loaded" + (
+                    f", ended {', '.join(record.fallbacks)}" if record.fallbacks else "")
+            n = sas.clear(v, record.conns, deadline.left())
+            fallback.left_vip(v, tuple(record.fallbacks), deadline)
+        except ViciUnreachable:
+            raise _unreachable(uri) from None
+    return (f"VIP {record.vip} left: connections stay loaded, terminated {n} SA(s) (nothing sent)"
+            + (f", initiated {', '.join(record.fallbacks)}" if record.fallbacks else ""))
 
 
 def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline, keep_sas: bool = False) -> str:
@@ -197,6 +223,8 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
         return "not started here"
     vip_addr = vipmod.parse_vip(record.vip)
     uri, _ = target(record, params)
+    if params is not None:  # a parameter added since start counts too
+        record = record._replace(fallbacks=list(dict.fromkeys((*record.fallbacks, *params.fallback_connections))))
     with states.lock(deadline.left(cap=3600)), _session(uri, deadline) as v:
         try:
             loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
@@ -207,8 +235,8 @@ def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadl
         with handoff.during_stop(v, record, instance, states, here, deadline) as hand:
             hand.sas = left = unload(v, record, states.others(instance), deadline, terminate=not (here or keep_sas),
                                      loaded=loaded, leases_kept=hand.active, tally=not keep_sas)
-            if params is not None and not here:
-                fallback.left_vip(v, params.fallback_connections, deadline)
+            if not here:  # else the sweeper starts them once the VIP has left
+                fallback.left_vip(v, tuple(record.fallbacks), deadline)
             still = set(v.request("get-conns", timeout=deadline.left())["conns"]) & set(record.conns)
             if still:
                 raise IpsecVipError(f"connection(s) {', '.join(sorted(still))} still loaded after unload")

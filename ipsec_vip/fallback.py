@@ -33,5 +33,9 @@ def taking_vip(v: Vici, names: tuple[str, ...], deadline: Deadline) -> None:
 
 
 def left_vip(v: Vici, names: tuple[str, ...], deadline: Deadline) -> None:
-    """Initiate the fallback connections (not waiting for the outcome)."""
-    _each(v, names, "initiate", {"timeout": "-1", "init-limits": "no"}, deadline)
+    """Initiate the fallback connections that have no IKE_SA (another initiate would add a second
+    CHILD_SA), not waiting for the outcome."""
+    from ipsec_vip import sas
+
+    have = {sa.conn for sa in sas.ours(v, names, deadline.left())} if names else set()
+    _each(v, tuple(n for n in names if n not in have), "initiate", {"timeout": "-1", "init-limits": "no"}, deadline)

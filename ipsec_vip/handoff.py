@@ -40,7 +40,7 @@ from ipsec_vip import droprule, sas
 from ipsec_vip import vip as vipmod
 from ipsec_vip.action import Deadline
 from ipsec_vip.errors import ViciCommandError, ViciError
-from ipsec_vip.log import log
+from ipsec_vip.log import log, stderr_is_journal
 from ipsec_vip.state import Record, StateDir
 from ipsec_vip.vici_session import LogListener, Vici
 
@@ -172,8 +172,9 @@ class StopReport:
 def during_stop(v: Vici, record: Record, instance: str, states: StateDir, here: bool,
                 deadline: Deadline) -> Iterator[StopReport]:
     """The handoff's part of a primitive's stop, around its unload (the one place control.stop calls):
-    with the VIP here and handoff=redirect, the drop rule before, the REDIRECTs and the sweeper after;
-    with the VIP gone, the removal of a rule left here before and, if a handoff was wanted, the
+    with the VIP here and handoff=redirect, the drop rule before, the REDIRECTs and the sweeper after
+    (the sweeper also when there are fallback connections to start once the VIP has left); with the
+    VIP gone, the removal of a rule left here before and, if a handoff was wanted, the
     note that none was possible. If the unload fails, nothing after it is done (the next start
     removes the rule)."""
     report = StopReport()
@@ -181,11 +182,12 @@ def during_stop(v: Vici, record: Record, instance: str, states: StateDir, here: 
     yield report
     if report.active:
         outcome = redirect(v, record, deadline)
-        spawn_sweeper(record, instance, states)
         if outcome.unsupported:
             log.warning("%d client(s) of VIP %s did not announce REDIRECT support: left to their DPD",
                         outcome.unsupported, record.vip)
         report.summary = f"handoff: {outcome.summary(record.vip)}"
+    if here and (report.active or record.fallbacks):
+        spawn_sweeper(record, instance, states)
     elif not here:
         undrop(record.vip)  # left by an earlier handoff: the VIP has gone, so has its purpose
         if record.handoff == "redirect":
@@ -202,8 +204,11 @@ def spawn_sweeper(record: Record, instance: str, states: StateDir) -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     data = json.dumps({"record": record._asdict(), "instance": instance, "states": states.path})
     try:
+        # under systemd (the watch unit) its lines go to the unit's journal; else stdio holds no
+        # pipe of the caller's (pacemaker-execd waits for its pipes to close)
+        stderr = None if stderr_is_journal() else subprocess.DEVNULL
         subprocess.Popen([sys.executable, "-m", "ipsec_vip.sweeper", data], env=env, start_new_session=True,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                          close_fds=True, cwd="/")
     except OSError as e:
         log.warning("cannot start the sweeper (%s): what the handoff left is cleared by the next start", e)

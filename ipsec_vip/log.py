@@ -33,6 +33,18 @@ def stderr_is_journal() -> bool:
     return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
 
 
+def journal_formatter(fmt: str = "%(message)s") -> logging.Formatter:
+    """For stderr under systemd (:func:`stderr_is_journal`): each line starts with its priority as an
+    sd-daemon(3) prefix, so `journalctl -p warning` finds the warnings; no level name needed."""
+    import logging
+
+    class Journal(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"<{SYSLOG_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+    return Journal(fmt)
+
+
 class LazyLogger:
     def __init__(self) -> None:
         self.threshold = 0

@@ -13,7 +13,7 @@ import syslog
 from collections.abc import Mapping, Sequence
 
 from ipsec_vip.errors import OCF_ERR_GENERIC, OCF_ERR_UNIMPLEMENTED, OCF_SUCCESS, IpsecVipError
-from ipsec_vip.log import DEBUG, INFO, SYSLOG_PRIORITY, log
+from ipsec_vip.log import DEBUG, INFO, SYSLOG_PRIORITY, journal_formatter, log, stderr_is_journal
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def setup_logging(instance: str, environ: Mapping[str, str]) -> None:
                 logger.addHandler(handler)
         if facility not in _FACILITIES or sys.stderr.isatty():
             handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(plain)
+            handler.setFormatter(journal_formatter() if stderr_is_journal() else plain)  # the sweeper of a unit
             logger.addHandler(handler)
 
     log.configure(level, setup)

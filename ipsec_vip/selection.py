@@ -32,6 +32,7 @@ class Selection:
     connections: dict[str, dict[str, Any]]
     secrets: list[dict[str, Any]] = field(repr=False)
     pools: dict[str, dict[str, Any]]
+    fallbacks: tuple[str, ...] = ()  # the config's fallback connections of the chosen ones
 
 
 def covers(entry: str, addr: IPAddress) -> bool:
@@ -72,7 +73,12 @@ def select(config: SwanctlConfig, vip: IPAddress, names: Sequence[str] = ()) -> 
                if not s["owners"]
                or any(_matches(o, i) for o in s["owners"] for i in mine)
                or not any(o in theirs for o in s["owners"])]
-    return Selection(connections=chosen, secrets=secrets, pools=pools)
+    fallbacks = tuple(dict.fromkeys(f for n in chosen for f in config.fallbacks.get(n, ())))
+    loaded_here = [f for f in fallbacks if f in chosen]
+    if loaded_here:
+        raise ConfigError(f"{config.path}: {loaded_here[0]} is a fallback connection of this VIP's own "
+                          "connections and one of them (a fallback runs while the VIP is elsewhere)")
+    return Selection(connections=chosen, secrets=secrets, pools=pools, fallbacks=fallbacks)
 
 
 def _ids(body: dict[str, Any]) -> set[str]:

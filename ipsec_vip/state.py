@@ -42,6 +42,7 @@ class Record(NamedTuple):
     vici_socket: str = ""
     interface: str = ""
     handoff: str = "redirect"
+    fallbacks: Sequence[str] = ()  # initiated once the VIP has left, terminated when it comes
 
     @classmethod
     def from_json(cls, data: Any) -> Record:
@@ -52,7 +53,7 @@ class Record(NamedTuple):
                   pools=_strings(data.get("pools", [])),
                   initiators=_strings(data.get("initiators", [])),
                   vici_socket=str(data.get("vici_socket", "")), interface=str(data.get("interface", "")),
-                  handoff=str(data.get("handoff", "redirect")))
+                  handoff=str(data.get("handoff", "redirect")), fallbacks=_strings(data.get("fallbacks", [])))
         return rec
 
 

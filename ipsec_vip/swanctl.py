@@ -10,7 +10,10 @@ same-named subsections merge), ``key =`` clearing an inherited value, comments
 a repeated key keeping its first position with the last value.
 
 Only ``connections``, ``secrets`` (the shared ones: eap, xauth, ntlm, ike, ppk) and
-``pools`` are converted; ``authorities`` and private keys are not (yet). Relative
+``pools`` are converted; ``authorities`` and private keys are not (yet). A top-level
+``ipsec-vip`` section, which swanctl ignores, is ours: ``ipsec-vip { CONN { fallback_connections
+= A, B } }`` names, per connection, the fallback connections of the resource that loads CONN
+(what ``mesh render`` writes into ``mesh-vips.conf``). Relative
 ``certs``/``cacerts``/``pubkeys`` names resolve in ``x509``/``x509ca``/``pubkey`` beside the
 config file given (``/etc/ipsec-vip/x509/…`` for ``/etc/ipsec-vip/swanctl.conf``), exactly as
 ``swanctl --file`` resolves them (``$SWANCTL_DIR`` plays no part then).
@@ -29,6 +32,7 @@ import base64
 import binascii
 import glob
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +47,7 @@ OTHER_SECRET_TYPES = ("private", "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12", "to
 # keys whose value is secret wherever they appear (strongswan.conf: ha, eap-radius, sql URIs)
 SECRET_KEYS = frozenset({"secret", "pin", "password", "passphrase", "database"})
 _SPECIAL = set('#{}:.,="\r\n\t ')
+OWN_SECTION = "ipsec-vip"
 MAX_INCLUDE_DEPTH = 10
 MAX_FILE_SIZE = 64 << 20
 MAX_CERT_SIZE = 1 << 20  # charon takes no VICI message over 512 KiB anyway
@@ -78,6 +83,7 @@ class SwanctlConfig:
     connections: dict[str, dict[str, Any]]
     secrets: list[dict[str, Any]] = field(repr=False)
     pools: dict[str, dict[str, Any]]
+    fallbacks: dict[str, list[str]] = field(default_factory=dict)  # connection -> its fallback connections
 
 
 # --------------------------------------------------------------------------- parsing
@@ -473,9 +479,34 @@ def load(path: str) -> SwanctlConfig:
             pools[name] = {k: (v if k == "addrs" else _split(v)) for k, v in tree.keys(chain).items()}
         secrets = [s for name, chain in tree.top("secrets").items()
                    if (s := _secret(tree, name, chain, path)) is not None]
+        fallbacks = _own(tree, path, conns)
     except RecursionError:
         raise ConfigError(f"{path}: sections nested too deeply") from None
-    return SwanctlConfig(path=path, connections=conns, secrets=secrets, pools=pools)
+    return SwanctlConfig(path=path, connections=conns, secrets=secrets, pools=pools, fallbacks=fallbacks)
+
+
+def _own(tree: _Tree, path: str, conns: dict[str, Any]) -> dict[str, list[str]]:
+    """Our top-level section: connection -> its ``fallback_connections`` (nothing else is known)."""
+    top = tree.root.sections.get(OWN_SECTION)
+    if top is None:
+        return {}
+    chain = tree.chain([top])
+    if tree.keys(chain):
+        raise ConfigError(f"{top.where}: {OWN_SECTION} holds one section per connection, no settings")
+    out = {}
+    for name, sub in tree.subsections(chain).items():
+        shown = f"a section of {OWN_SECTION}" if name in tree.hidden else f"{OWN_SECTION}.{name}"
+        where = f"{sub[0].where}: {shown}"
+        if name not in conns:
+            raise ConfigError(f"{where}: no such connection in {path}")
+        keys = tree.keys(sub)
+        if set(keys) - {"fallback_connections"} or tree.subsections(sub):
+            raise ConfigError(f"{where}: only fallback_connections is known here")
+        names = [n for n in re.split(r"[\s,]+", keys.get("fallback_connections", "")) if n]
+        if any(set(n) & _SPECIAL for n in names):
+            raise ConfigError(f"{where}.fallback_connections: not a list of connection names")
+        out[name] = names
+    return out
 
 
 def _section(path: str, section: str) -> tuple[_Tree, list[_Section]] | None:

@@ -122,6 +122,7 @@ class Watcher:
         self._charon: socket.socket | None = None
         self._charon_seen: bool | None = None  # last logged charon state
         self._held: bool | None = None
+        self._moved = False  # the VIP came or went since the last successful action (start_without_vip)
         self._loaded = False
         self._verify = True  # look at charon's conns before trusting a state file
         self._check_at: float | None = None
@@ -288,11 +289,14 @@ class Watcher:
             self._fail(f"cannot read this node's addresses: {e}", now)
             return
         log.debug("VIP held: %s", held)
+        keep = self.params.start_without_vip  # loaded whether or not the VIP is here: only follow it
         if held != self._held:
             where = f" on {self.params.interface}" if self.params.interface else ""
             log.info("VIP %s %s%s", self.params.vip, "is held here" if held else "is not held here", where)
+            self._moved = self._moved or self._held is not None
             self._held = held
-        if (held or self._started()) and not self._connect():
+        want = held or keep
+        if (want or self._started()) and not self._connect():
             self._backoff(now)
             self._set_status(f"waiting for charon on {self.params.vici_socket}")
             return
@@ -301,10 +305,13 @@ class Watcher:
         deadline = Deadline(self.timeout)
         try:
             record = self.states.read(self.instance)
-            if held and (record is None or (self._verify and not self._healthy(record, deadline))):
-                log.info("%s", control.start(self.params, self.instance, self.states, deadline))
-            elif not held and record is not None:
+            if want and (record is None or (self._verify and not self._healthy(record, deadline))):
+                log.info("%s", control.start(self.params, self.instance, self.states, deadline, vip_coming=held))
+            elif not want and record is not None:
                 log.info("%s", control.stop(self.params, self.instance, self.states, deadline))
+            elif keep and self._moved and record is not None:
+                log.info("%s", control.vip_moved(self.params, self.instance, self.states, deadline, held))
+            self._moved = False
         except control.NotHeld:
             self._poke()  # the VIP left between our look and start's: look again
             return
@@ -312,15 +319,15 @@ class Watcher:
             self._fail(str(e), now)
             return
         if self._error is not None:
-            log.info("recovered: %s", "connections loaded" if held else "nothing of ours loaded")
+            log.info("recovered: %s", "connections loaded" if want else "nothing of ours loaded")
         self._error, self._failures, self._verify = None, 0, False
-        self._loaded = held
+        self._loaded = want
         interval = self.check_interval
         if now < self._settle_until:
             interval = min(interval, _SETTLE_CHECK) if interval > 0 else _SETTLE_CHECK
-        self._check_at = now + interval if held and interval > 0 else None
-        self._set_status(f"VIP {self.params.vip} held here, connections loaded" if held
-                         else f"VIP {self.params.vip} not held here, nothing loaded")
+        self._check_at = now + interval if want and interval > 0 else None
+        self._set_status(f"VIP {self.params.vip} {'held here' if held else 'not held here'}, "
+                         f"{'connections loaded' if want else 'nothing loaded'}")
 
     def _started(self) -> bool:
         """A state file exists (a damaged one counts: control.stop cleans it up)."""

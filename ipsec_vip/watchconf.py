@@ -1,9 +1,10 @@
 """Watch configs: ``/etc/ipsec-vip/watch/NAME.conf``, one ``key = value`` per line.
 
 The one reader for both the watch daemon and ``status``/``check``. Keys are the agent's
-parameters ``vip``, ``config``, ``connections``, ``vici_socket``, ``interface``, ``handoff`` plus
-``check_interval``; lines starting with ``#`` or ``;`` are comments (a ``#`` after a value
-is part of the value), a value may be quoted, unknown or repeated keys are errors.
+parameters ``vip``, ``config``, ``connections``, ``vici_socket``, ``interface``, ``handoff``,
+``fallback_connections``, ``start_without_vip`` plus ``check_interval``; lines starting with
+``#`` or ``;`` are comments (a ``#`` after a value is part of the value), a value may be
+quoted, unknown or repeated keys are errors.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from ipsec_vip.params import Params, parse
 
 WATCH_DIR = "/etc/ipsec-vip/watch"
 DEFAULT_CHECK_INTERVAL = 10.0
-PARAM_KEYS = ("vip", "config", "connections", "vici_socket", "interface", "handoff")
+PARAM_KEYS = ("vip", "config", "connections", "vici_socket", "interface", "handoff", "fallback_connections",
+              "start_without_vip")
 KEYS = (*PARAM_KEYS, "check_interval")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,99}\Z")
 

@@ -10,11 +10,13 @@ storage (encrypted; controllers and compute-0) and tenant (clear). compute-0 and
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,12 +67,17 @@ class MeshCharon(lab.Charon):
             f.write(f"include {_INCLUDES[self.name]}/etc/strongswan.d/*.conf\n")
 
 
-def cli(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, netns: str | None = None, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``ipsec-vip ARGS`` (in ``netns``; ``env`` added to ours)."""
     cmd = [sys.executable, "-m", "ipsec_vip.cli", *args]
     if netns:
         cmd = [lab.IP, "netns", "exec", netns, *cmd]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                       cwd=str(Path(__file__).resolve().parent.parent))
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(ROOT),
+                       env={**os.environ, **(env or {})})
     if check and p.returncode != 0:
         raise RuntimeError(f"ipsec-vip {' '.join(args)} -> {p.returncode}: {p.stderr}")
     return p
@@ -139,27 +146,85 @@ class MeshLab:
         """What strongswan.service runs on start and reload."""
         self.charons[node].swanctl("--load-all", "--file", str(self.root(node) / "etc/swanctl/swanctl.conf"))
 
+    def vips_conf(self, node: str) -> str:
+        return str(self.root(node) / "etc/ipsec-vip/mesh-vips.conf")
+
     def agent(self, node: str, action: str, **env: str) -> lab.Result:
-        params = {"vip": VIP, "config": str(self.root(node) / "etc/ipsec-vip/mesh-vips.conf"),
-                  "connections": VIP_CONN, "fallback_connections": TO_VIP, "start_without_vip": "true",
+        """The printed pcs recipe's agent (its fallback, the node's own tunnel to the VIP, is named
+        by mesh-vips.conf itself)."""
+        params = {"vip": VIP, "config": self.vips_conf(node), "connections": VIP_CONN, "start_without_vip": "true",
                   "vici_socket": self.charons[node].uri}
         return lab.agent(action, params, netns=self.ns(node), rsctmp=str(self.work / f"rsctmp-{node}"), **env)
+
+    def add_vip(self, node: str) -> None:
+        lab.run(lab.IP, "-n", self.ns(node), "addr", "add", f"{VIP}/24", "dev", "eint")
+        lab.in_ns(self.ns(node), "arping", "-q", "-U", "-c", "1", "-I", "eint", VIP, check=False)
+        self.holder = node
+
+    def del_vip(self) -> None:
+        assert self.holder is not None
+        lab.run(lab.IP, "-n", self.ns(self.holder), "addr", "del", f"{VIP}/24", "dev", "eint")
+        self.holder = None
 
     def take_vip(self, node: str) -> None:
         """The VIP group's start: the agent (responder loaded, own tunnel to the VIP ended), then the VIP."""
         r = self.agent(node, "start")
         assert r.rc == 0, r.stderr
-        lab.run(lab.IP, "-n", self.ns(node), "addr", "add", f"{VIP}/24", "dev", "eint")
-        lab.in_ns(self.ns(node), "arping", "-q", "-U", "-c", "1", "-I", "eint", VIP, check=False)
-        self.holder = node
+        self.add_vip(node)
 
     def release_vip(self) -> None:
         """The VIP group's stop: the VIP first, then the agent (which then starts its tunnel to the VIP)."""
-        assert self.holder is not None
-        lab.run(lab.IP, "-n", self.ns(self.holder), "addr", "del", f"{VIP}/24", "dev", "eint")
-        r = self.agent(self.holder, "stop")
+        holder = self.holder
+        assert holder is not None
+        self.del_vip()
+        r = self.agent(holder, "stop")
         assert r.rc == 0, r.stderr
-        self.holder = None
+
+    def by_hand(self, node: str, command: str) -> str:
+        """``ipsec-vip up|down`` on ``node`` with the rendered mesh-vips.conf and nothing else (no
+        fallback option); ``up`` before the VIP arrives, so no node's tunnel is refused meanwhile."""
+        args = [command, "--vip", VIP, "--vici-socket", self.charons[node].uri]
+        if command == "up":
+            args += ["--config", self.vips_conf(node), "--start-without-vip"]
+        return cli(*args, netns=self.ns(node), env={"HA_RSCTMP": str(self.work / f"cli-{node}")}).stdout
+
+    @contextlib.contextmanager
+    def watching(self, *nodes: str) -> Iterator[None]:
+        """``ipsec-vip watch`` for the VIP on ``nodes``, as docs/mesh.md configures it where keepalived
+        moves the VIP (mesh-vips.conf, start_without_vip: the responder loaded on every candidate, so no
+        node's tunnel is refused as the VIP arrives); SIGTERM (the unit's stop) at the end."""
+        procs = []
+        try:
+            for node in nodes:
+                log = open(self.work / f"watch-{node}.log", "ab")
+                procs.append(subprocess.Popen(
+                    [lab.IP, "netns", "exec", self.ns(node), sys.executable, "-m", "ipsec_vip.cli", "watch", "--vip",
+                     VIP, "--config", self.vips_conf(node), "--start-without-vip", "true",
+                     "--vici-socket", self.charons[node].uri,
+                     "--state-dir", str(self.work / f"watch-{node}")], stdout=log, stderr=log, cwd=str(ROOT)))
+                log.close()
+            for node in nodes:  # subscribed and looked once: it says so first
+                deadline = time.monotonic() + 20
+                while b"VIP " not in (self.work / f"watch-{node}.log").read_bytes():
+                    assert time.monotonic() < deadline, (self.work / f"watch-{node}.log").read_text()
+                    time.sleep(0.05)
+            yield
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(60)
+
+    @contextlib.contextmanager
+    def pinging(self, src: str, dst: str) -> Iterator[None]:
+        """``src`` pings ``dst`` without pause (every 0.1 s, MARKER in each) for the whole block."""
+        p = subprocess.Popen([lab.IP, "netns", "exec", self.ns(src), "ping", "-i", "0.1", "-W", "1", "-p",
+                              MARKER.encode().hex(), dst], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            p.terminate()
+            p.wait(10)
 
     def expected(self, node: str) -> list[str]:
         """The mesh connections render gave this node (its swanctl.conf)."""

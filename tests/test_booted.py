@@ -315,6 +315,8 @@ def test_planned_stop_hands_the_client_off_and_the_sweeper_outlives_the_unit(boo
     c.exec("ip", "addr", "del", f"{VIP}/24", "dev", LAN[1])
     wait_for("the sweep: no SA, no rule", lambda: not booted.sas() and "handoff" not in booted.drop_rules(), 15)
     wait_for("the sweeper ended", lambda: not sweepers(c), 10)
+    wait_for("the sweeper's line in the unit's journal", lambda: f"VIP {VIP} has left: terminated 1 IKE_SA(s) the "
+             "stop left (nothing sent), drop rule removed" in booted.journal(unit, since), 10)
     assert booted.loaded() == {"conns": [], "pools": [], "keys": []}
 
 

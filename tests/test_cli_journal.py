@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ipsec_vip.cli import JournalFormatter
+from ipsec_vip.log import journal_formatter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def test_errors_carry_priority_err_only_on_the_journal(tmp_path):
 
 
 def test_journal_formatter_prefixes_the_syslog_priority():
-    fmt = JournalFormatter("%(message)s")
+    fmt = journal_formatter()
     line = {level: fmt.format(logging.LogRecord("ipsec-vip", level, __file__, 1, "m", None, None))
             for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)}
     assert line == {logging.DEBUG: "<7>m", logging.INFO: "<6>m", logging.WARNING: "<4>m", logging.ERROR: "<3>m"}

@@ -210,7 +210,7 @@ def test_the_printed_pcs_commands_are_quoted_so_sourcing_them_runs_nothing(tmp_p
     calls = p.stdout.splitlines()
     assert calls[0] == ("<resource><create><mesh-vip-net-tunnel><ocf:ipsec-vip:strongswan><vip=fd00::64>"
                         "<config=/etc/ipsec-vip/mesh-vips.conf><connections=meshvip-net>"
-                        "<fallback_connections=mesh-net-to-vip><start_without_vip=true><--group><mesh-vip-net>")
+                        "<start_without_vip=true><--group><mesh-vip-net>")
     assert f"<avoids><{evil}><{quotes}>" in p.stdout
 
 

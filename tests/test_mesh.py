@@ -254,13 +254,27 @@ def test_rendered_secrets_bind_each_network_psk_to_its_identities(inv_dir: Path)
     assert list(sel.connections) == ["meshvip-internal_api"] and len(sel.secrets) == 1
 
 
-def test_render_prints_pcs_commands_with_fallback_connections(inv_dir: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_vip_responders_carry_the_nodes_own_tunnel_as_their_fallback(inv_dir: Path) -> None:
+    """Whatever loads mesh-vips.conf (the agent, ipsec-vip watch, ipsec-vip up by hand) learns from the
+    file itself which of this node's tunnels to end while it holds the VIP and to start once the VIP has
+    left: none of them needs to be told (a by-hand move without it left the old holder in clear)."""
+    rendered(inv_dir, "controller-0", "c0")
+    text = (inv_dir / "c0" / render.VIPS_FILE).read_text()
+    assert "ipsec-vip {\n    meshvip-internal_api {\n        fallback_connections = mesh-internal_api-to-vip\n" \
+        in text
+    vips = swanctl.load(str(inv_dir / "c0" / render.VIPS_FILE))
+    sel = selection.select(vips, inventory.load(str(inv_dir / "mesh.yaml")).vips["internal_api"].address)
+    assert sel.fallbacks == ("mesh-internal_api-to-vip",)
+    own = swanctl.load(str(inv_dir / "c0" / render.SWANCTL_FILE))
+    assert set(sel.fallbacks) <= set(own.connections)  # a tunnel this node has
+
+
+def test_render_prints_pcs_commands(inv_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rendered(inv_dir, "compute-0")
     out = capsys.readouterr().out
     assert ("pcs resource create mesh-vip-internal_api-tunnel ocf:ipsec-vip:strongswan vip=172.16.2.100 "
             "config=/etc/ipsec-vip/mesh-vips.conf connections=meshvip-internal_api "
-            "fallback_connections=mesh-internal_api-to-vip start_without_vip=true --group mesh-vip-internal_api") in out
+            "start_without_vip=true --group mesh-vip-internal_api") in out
     assert out.index("-tunnel ocf:ipsec-vip") < out.index("-ip ocf:heartbeat:IPaddr2")  # agent before the VIP
     assert "avoids compute-0 compute-1" in out
 

@@ -250,12 +250,16 @@ class FakeCharon(FakeServer):
         elif command == "list-sas":
             return [("list-sa", {n: b}) for n, bodies in self.sas.items() for b in bodies], {}
         elif command == "terminate":
-            found = [n for n, bodies in self.sas.items() for b in bodies if b.get("uniqueid") == m["ike-id"]]
+            def match(n: str, b: dict[str, Any]) -> bool:  # by unique id, or (ike) by connection name
+                return b.get("uniqueid") == m["ike-id"] if "ike-id" in m else n == m.get("ike")
+            found = [n for n, bodies in self.sas.items() for b in bodies if match(n, b)]
             if not found:
                 return [], {"success": "no", "errmsg": "no matching SAs to terminate found"}
             for n in found:
-                self.sas[n] = [b for b in self.sas[n] if b.get("uniqueid") != m["ike-id"]]
+                self.sas[n] = [b for b in self.sas[n] if not match(n, b)]
             return [("control-log", {"msg": "deleting IKE_SA"})], ok
+        elif command == "initiate":
+            return [("control-log", {"msg": f"initiating CHILD_SA {m.get('child')}"})], ok
         return [], ok
 
 

@@ -21,7 +21,8 @@ def params_from(args: argparse.Namespace) -> Params:
     """The agent's Params from the options (ConfigError when invalid)."""
     return parse({"vip": args.vip or "", "config": args.config, "connections": args.connections,
                   "vici_socket": args.vici_socket, "interface": args.interface,
-                  "fallback_connections": getattr(args, "fallback_connections", ""),
+                  "fallback_connections": getattr(args, "fallback_connections", None) or "",
+                  "start_without_vip": "true" if getattr(args, "start_without_vip", False) else "",
                   "handoff": getattr(args, "handoff", None) or ""})
 
 
@@ -30,3 +31,12 @@ def add_handoff_option(p: argparse.ArgumentParser, default: str | None = HANDOFF
     p.add_argument("--handoff", choices=HANDOFF_MODES, default=default,
                    help="when stopping while this node holds the VIP: redirect = drop new IKE_SA_INIT to the VIP "
                         "here, then IKEv2-REDIRECT each client to the VIP (default); none = leave them to their DPD")
+
+
+def add_fallback_option(p: argparse.ArgumentParser, default: str | None = "") -> None:
+    """--fallback-connections, as the agent's parameter (besides those the config names for its
+    connections in its ``ipsec-vip`` section)."""
+    p.add_argument("--fallback-connections", default=default, metavar="NAMES",
+                   help="connections (loaded by other means, e.g. a mesh node's own tunnel to the VIP) to "
+                        "initiate once the VIP has left this node and to terminate when it comes (the agent's "
+                        "fallback_connections; added to those the config's ipsec-vip section names)")

@@ -10,7 +10,7 @@ import argparse
 
 from ipsec_vip import control
 from ipsec_vip.action import Deadline
-from ipsec_vip.commands.common import add_handoff_option, add_vip_options, params_from
+from ipsec_vip.commands.common import add_fallback_option, add_handoff_option, add_vip_options, params_from
 from ipsec_vip.state import StateDir
 
 
@@ -19,11 +19,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        ("down", "unload them (the agent's stop)")):
         p = sub.add_parser(name, help=text, description=text)
         add_vip_options(p)
-        p.add_argument("--fallback-connections", default="", metavar="NAMES",
-                       help="connections to initiate after down and terminate on up (the agent's "
-                            "fallback_connections)")
+        add_fallback_option(p)
         if name == "up":  # down follows what up recorded
             add_handoff_option(p)
+            p.add_argument("--start-without-vip", action="store_true",
+                           help="load even though this node does not hold the VIP yet (the agent's "
+                                "start_without_vip): add the VIP after up, so no client is refused meanwhile")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole operation (default 30)")
         p.set_defaults(run=run)
 

@@ -13,7 +13,7 @@ import argparse
 import logging
 
 from ipsec_vip import control, watch, watchconf
-from ipsec_vip.commands.common import add_handoff_option, add_vip_options
+from ipsec_vip.commands.common import add_fallback_option, add_handoff_option, add_vip_options
 from ipsec_vip.errors import ConfigError
 from ipsec_vip.selection import mobike_warnings
 from ipsec_vip.state import StateDir
@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name", nargs="?", help=f"read {watchconf.WATCH_DIR}/NAME.conf instead of options")
     add_vip_options(p, vip_required=False)
     add_handoff_option(p, default=None)
+    add_fallback_option(p, default=None)
+    p.add_argument("--start-without-vip", default=None, choices=("true", "false"),
+                   help="keep the connections loaded whether or not the VIP is here, and only follow the VIP "
+                        "(end the fallback connections when it comes, terminate the SAs and start them when it "
+                        "goes): a mesh's VIP responders, so no node's tunnel is refused as the VIP arrives")
     p.add_argument("--check-interval", help=f"seconds between checks that our connections are still loaded "
                                             f"(default {watchconf.DEFAULT_CHECK_INTERVAL:g}, 0 = off)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each load or unload (default 30)")
@@ -35,7 +40,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--state-dir", default=watch.STATE_BASE,
                    help=f"base of the state directory (DIR/ipsec-vip), shared by the node's watchers "
                         f"(default {watch.STATE_BASE})")
-    p.set_defaults(run=run, config=None, connections=None, vici_socket=None, interface=None, handoff=None)
+    p.set_defaults(run=run, config=None, connections=None, vici_socket=None, interface=None, handoff=None,
+                   fallback_connections=None, start_without_vip=None)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 from ipsec_vip.mesh.inventory import Inventory, Network, Node
+from ipsec_vip.swanctl import OWN_SECTION
 
 if TYPE_CHECKING:
     from ipsec_vip.vip import IPAddress
@@ -157,14 +158,18 @@ def vips_conf(inv: Inventory, node: Node, keys: dict[str, str]) -> str | None:
         return None
     conns: Tree = {}
     secrets: Tree = {}
+    own: Tree = {}
     for net in nets:
         vip = inv.vips[net].address
         conns[conn_vip(net)] = _conn(vip, str(inv.networks[net].cidr), str(vip), "%any", conn_vip(net),
                                      {"dpd_delay": "10s"}, {}, _host(vip), None)
         secrets.update(_secret(f"meshvip-{net}", [vip], keys[net]))
-    tree: Tree = {"connections": conns, "secrets": secrets}
-    return _header(node.name, "VIP responders (ocf:ipsec-vip:strongswan config=/" + VIPS_FILE + ")") + \
-        "\n".join(_format(tree)) + "\n"
+        own[conn_vip(net)] = {"fallback_connections": conn_to_vip(net)}
+    tree: Tree = {"connections": conns, OWN_SECTION: own, "secrets": secrets}
+    return (_header(node.name, "VIP responders (loaded by ocf:ipsec-vip:strongswan, ipsec-vip watch or up)")
+            + f"# {OWN_SECTION} (swanctl ignores it): whoever loads {conn_vip('NET')} ends this node's own\n"
+              f"# {conn_to_vip('NET')} when the VIP comes and starts it once the VIP has left\n"
+            + "\n".join(_format(tree)) + "\n")
 
 
 def strongswan_conf(inv: Inventory, node: Node) -> str:
@@ -226,8 +231,7 @@ def pcs_commands(inv: Inventory) -> str:
         group = f"mesh-vip-{net}"
         out.append(shlex.join(["pcs", "resource", "create", f"{group}-tunnel", "ocf:ipsec-vip:strongswan",
                                f"vip={vip.address}", f"config=/{VIPS_FILE}", f"connections={conn_vip(net)}",
-                               f"fallback_connections={conn_to_vip(net)}", "start_without_vip=true",
-                               "--group", group]))
+                               "start_without_vip=true", "--group", group]))
         out.append(shlex.join(["pcs", "resource", "create", f"{group}-ip", "ocf:heartbeat:IPaddr2",
                                f"ip={vip.address}", f"cidr_netmask={inv.networks[net].cidr.prefixlen}",
                                "--group", group]))
