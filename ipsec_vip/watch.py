@@ -104,6 +104,13 @@ def _signals_caught() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def unwatch(sock: socket.socket) -> None:
+    """Stop the running event loop's watching ``sock`` (if it did), then close it."""
+    with contextlib.suppress(Exception):
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+    sock.close()
+
+
 # --------------------------------------------------------------------------- the daemon
 class Watcher:
     """Keeps one VIP's connections loaded in charon exactly while the VIP is held here."""
@@ -162,6 +169,7 @@ class Watcher:
             loop.add_signal_handler(sig, self._stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
+            self._open()
             self._reconcile()
             notify(f"READY=1\nSTATUS={self._status}")
             while not self._stopping:
@@ -171,6 +179,7 @@ class Watcher:
                 if not self._stopping:
                     self._reconcile()
         finally:
+            self._close()
             self._unlisten()
             self._disconnect()
             self._code = self._shutdown()  # the loop's handlers still take the signals meanwhile
@@ -203,9 +212,7 @@ class Watcher:
     def _unlisten(self) -> None:
         sock, self._netlink = self._netlink, None
         if sock is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
+            unwatch(sock)
 
     def _netlink_readable(self) -> None:
         """Any address event means "look again" (the decision comes from a fresh dump, so the
@@ -269,13 +276,11 @@ class Watcher:
     def _disconnect(self) -> None:
         sock, self._charon = self._charon, None
         if sock is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
+            unwatch(sock)
 
     # ---------------------------------------------------------------- decisions
     def _timeout(self) -> float | None:
-        due = [t for t in (self._retry_at, self._check_at if self._loaded else None) if t is not None]
+        due = [t for t in (self._retry_at, self._check_at if self._loaded else None, self._due()) if t is not None]
         return max(min(due) - self._clock(), 0.0) if due else None
 
     def _reconcile(self) -> None:
@@ -289,29 +294,19 @@ class Watcher:
             self._fail(f"cannot read this node's addresses: {e}", now)
             return
         log.debug("VIP held: %s", held)
-        keep = self.params.start_without_vip  # loaded whether or not the VIP is here: only follow it
         if held != self._held:
             where = f" on {self.params.interface}" if self.params.interface else ""
             log.info("VIP %s %s%s", self.params.vip, "is held here" if held else "is not held here", where)
             self._moved = self._moved or self._held is not None
             self._held = held
-        want = held or keep
-        if (want or self._started()) and not self._connect():
+        if self._needs_charon(held) and not self._connect():
             self._backoff(now)
             self._set_status(f"waiting for charon on {self.params.vici_socket}")
             return
         if self._check_at is not None and now >= self._check_at:
             self._verify = True
-        deadline = Deadline(self.timeout)
         try:
-            record = self.states.read(self.instance)
-            if want and (record is None or (self._verify and not self._healthy(record, deadline))):
-                log.info("%s", control.start(self.params, self.instance, self.states, deadline, vip_coming=held))
-            elif not want and record is not None:
-                log.info("%s", control.stop(self.params, self.instance, self.states, deadline))
-            elif keep and self._moved and record is not None:
-                log.info("%s", control.vip_moved(self.params, self.instance, self.states, deadline, held))
-            self._moved = False
+            want = self._act(held, Deadline(self.timeout))
         except control.NotHeld:
             self._poke()  # the VIP left between our look and start's: look again
             return
@@ -326,8 +321,41 @@ class Watcher:
         if now < self._settle_until:
             interval = min(interval, _SETTLE_CHECK) if interval > 0 else _SETTLE_CHECK
         self._check_at = now + interval if want and interval > 0 else None
-        self._set_status(f"VIP {self.params.vip} {'held here' if held else 'not held here'}, "
-                         f"{'connections loaded' if want else 'nothing loaded'}")
+        self._set_status(self._describe(held, want))
+
+    # ---------------------------------------------------------------- what the mode decides
+    def _open(self) -> None:
+        """Inside the event loop, before the first look (the primitive needs nothing more)."""
+
+    def _close(self) -> None:
+        """Undo :meth:`_open` when the loop ends."""
+
+    def _due(self) -> float | None:
+        """When the mode wants to look again regardless of events (the primitive: never)."""
+        return None
+
+    def _needs_charon(self, held: bool) -> bool:
+        """Charon is needed while our connections should be loaded or something of ours still is."""
+        return held or self.params.start_without_vip or self._started()
+
+    def _act(self, held: bool, deadline: Deadline) -> bool:
+        """The agent's start where the VIP is held (or always, with start_without_vip), its stop
+        elsewhere; with start_without_vip a move of the VIP is followed. True if loaded now."""
+        keep = self.params.start_without_vip  # loaded whether or not the VIP is here: only follow it
+        want = held or keep
+        record = self.states.read(self.instance)
+        if want and (record is None or (self._verify and not self._healthy(record, deadline))):
+            log.info("%s", control.start(self.params, self.instance, self.states, deadline, vip_coming=held))
+        elif not want and record is not None:
+            log.info("%s", control.stop(self.params, self.instance, self.states, deadline))
+        elif keep and self._moved and record is not None:
+            log.info("%s", control.vip_moved(self.params, self.instance, self.states, deadline, held))
+        self._moved = False
+        return want
+
+    def _describe(self, held: bool, loaded: bool) -> str:
+        return (f"VIP {self.params.vip} {'held here' if held else 'not held here'}, "
+                f"{'connections loaded' if loaded else 'nothing loaded'}")
 
     def _started(self) -> bool:
         """A state file exists (a damaged one counts: control.stop cleans it up)."""
@@ -363,8 +391,13 @@ class Watcher:
         """On exit: the agent's stop (unload; terminate SAs only where the VIP is gone)."""
         notify("STOPPING=1")
         try:
-            log.info("%s", control.stop(self.params, self.instance, self.states, Deadline(self.timeout)))
+            log.info("%s", self._final_stop(Deadline(self.timeout)))
         except IpsecVipError as e:
             log.error("stop failed: %s", e)
             return 1
         return 0
+
+    def _final_stop(self, deadline: Deadline) -> str:
+        """The mode's stop at exit (primitive: the agent's stop, which terminates SAs only where
+        the VIP is gone)."""
+        return control.stop(self.params, self.instance, self.states, deadline)
