@@ -314,11 +314,16 @@ def destroy_leftovers(params: Params, instance: str, states: StateDir, deadline:
     with states.lock(deadline.left(cap=3600)):
         if states.started(instance):
             return 0  # a repeated start: the copies are the live ones
-        conns = list(control.select(params).connections)
-        with Vici(params.vici_socket, timeout=deadline.left()) as v:
-            copies = [s for s in sas.ours(v, conns, deadline.left()) if s.passive]
-            for sa in copies:
-                sas.terminate(v, {"ike-id": sa.uniqueid}, deadline.left())
+        return destroy_copies(params.vici_socket, list(control.select(params).connections), deadline)
+
+
+def destroy_copies(uri: str, conns: Sequence[str], deadline: Deadline) -> int:
+    """Terminate our PASSIVE IKE_SAs (nothing reaches the peer or the client: only an active SA
+    syncs its deletion), so that the next resync gives exactly one copy; returns how many."""
+    with Vici(uri, timeout=deadline.left()) as v:
+        copies = [s for s in sas.ours(v, conns, deadline.left()) if s.passive]
+        for sa in copies:
+            sas.terminate(v, {"ike-id": sa.uniqueid}, deadline.left())
     return len(copies)
 
 

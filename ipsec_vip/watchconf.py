@@ -2,8 +2,9 @@
 
 The one reader for both the watch daemon and ``status``/``check``. Keys are the agent's
 parameters ``vip``, ``config``, ``connections``, ``vici_socket``, ``interface``, ``handoff``,
-``fallback_connections``, ``start_without_vip`` plus ``check_interval``; lines starting with
-``#`` or ``;`` are comments (a ``#`` after a value is part of the value), a value may be
+``fallback_connections``, ``start_without_vip``, ``ha_fifo`` plus ``check_interval`` and the
+stateful mode's ``stateful``, ``ha_local``, ``ha_remote`` (docs/keepalived.md); lines starting
+with ``#`` or ``;`` are comments (a ``#`` after a value is part of the value), a value may be
 quoted, unknown or repeated keys are errors.
 """
 
@@ -15,13 +16,24 @@ import re
 from collections.abc import Mapping
 
 from ipsec_vip.errors import ConfigError
+from ipsec_vip.ocf import crm_boolean
 from ipsec_vip.params import Params, parse
+from ipsec_vip.vip import parse_address
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    from ipsec_vip.vip import IPAddress
+else:
+    from ipsec_vip.tuples import NamedTuple
 
 WATCH_DIR = "/etc/ipsec-vip/watch"
 DEFAULT_CHECK_INTERVAL = 10.0
 PARAM_KEYS = ("vip", "config", "connections", "vici_socket", "interface", "handoff", "fallback_connections",
-              "start_without_vip")
-KEYS = (*PARAM_KEYS, "check_interval")
+              "start_without_vip", "ha_fifo")
+STATEFUL_KEYS = ("stateful", "ha_local", "ha_remote")
+KEYS = (*PARAM_KEYS, "check_interval", *STATEFUL_KEYS)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,99}\Z")
 
 
@@ -83,6 +95,44 @@ def settings(values: Mapping[str, str], where: str = "") -> tuple[Params, float]
             raise
         raise ConfigError(f"{where}: {e}") from None
     return params, interval
+
+
+class HaLink(NamedTuple):
+    """Stateful mode: this node's and the peer's address on the ha plugin's sync link."""
+
+    local: IPAddress
+    remote: IPAddress
+
+
+def stateful(values: Mapping[str, str], where: str = "") -> HaLink | None:
+    """The sync link of ``stateful = yes`` (both addresses required, one family, two nodes), or None."""
+    try:
+        text = values.get("stateful", "").strip()
+        on = crm_boolean(text) if text else False
+        if on is None:
+            raise ConfigError(f"stateful must be yes or no, not {text!r}")
+        given = [k for k in ("ha_local", "ha_remote") if values.get(k, "").strip()]
+        if not on:
+            if given:
+                raise ConfigError(f"{given[0]} is for stateful = yes only")
+            return None
+        addrs = []
+        for key in ("ha_local", "ha_remote"):
+            raw = values.get(key, "").strip()
+            if not raw:
+                raise ConfigError(f"stateful = yes needs {key} (this node's and the peer's address on the "
+                                  "ha plugin's sync link, as charon.plugins.ha.local and remote)")
+            try:
+                addrs.append(parse_address(raw))
+            except ValueError:
+                raise ConfigError(f"{key} {raw!r} is not an IPv4 or IPv6 address") from None
+        if addrs[0].version != addrs[1].version or addrs[0] == addrs[1]:
+            raise ConfigError("ha_local and ha_remote must be two addresses of one family")
+    except ConfigError as e:
+        if not where:
+            raise
+        raise ConfigError(f"{where}: {e}") from None
+    return HaLink(*addrs)
 
 
 def load(path: str) -> Params:

@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "goes): a mesh's VIP responders, so no node's tunnel is refused as the VIP arrives")
     p.add_argument("--check-interval", help=f"seconds between checks that our connections are still loaded "
                                             f"(default {watchconf.DEFAULT_CHECK_INTERVAL:g}, 0 = off)")
+    p.add_argument("--stateful", action="store_const", const="yes",
+                   help="keep the ha plugin's segment where the VIP is (two nodes; docs/keepalived.md)")
+    p.add_argument("--ha-local", help="stateful: this node's address on the ha plugin's sync link")
+    p.add_argument("--ha-remote", help="stateful: the peer's address on the ha plugin's sync link")
+    p.add_argument("--ha-fifo", help="stateful: the ha plugin's control FIFO (default /var/run/charon.ha)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each load or unload (default 30)")
     p.add_argument("--watch-dir", default=watchconf.WATCH_DIR,
                    help=f"where NAME.conf lives (default {watchconf.WATCH_DIR})")
@@ -41,7 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"base of the state directory (DIR/ipsec-vip), shared by the node's watchers "
                         f"(default {watch.STATE_BASE})")
     p.set_defaults(run=run, config=None, connections=None, vici_socket=None, interface=None, handoff=None,
-                   fallback_connections=None, start_without_vip=None)
+                   fallback_connections=None, start_without_vip=None, stateful=None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,14 +55,21 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise ConfigError(f"give either NAME or options, not both (NAME.conf holds {', '.join(watchconf.KEYS)})")
         path = watchconf.path_of(args.name, args.watch_dir)
-        params, interval = watchconf.settings(watchconf.read(path), path)
+        values, where = watchconf.read(path), path
     elif "vip" not in given:
         raise ConfigError("give NAME (a watch configuration) or --vip")
     else:
-        params, interval = watchconf.settings({k: str(v) for k, v in given.items()})
+        values, where = {k: str(v) for k, v in given.items()}, ""
+    params, interval = watchconf.settings(values, where)
+    link = watchconf.stateful(values, where)
     # a config that does not parse is refused now, not at the first VIP event
     for warning in mobike_warnings(control.select(params)):
         log.warning("%s", warning)
     instance = f"watch-{args.name if args.name is not None else params.vip}"
-    return watch.Watcher(params, instance, StateDir(args.state_dir), check_interval=interval,
-                         timeout=args.timeout).run()
+    states = StateDir(args.state_dir)
+    if link is not None:
+        from ipsec_vip import hawatch
+
+        return hawatch.StatefulWatcher(params, instance, states, link, check_interval=interval,
+                                       timeout=args.timeout).run()
+    return watch.Watcher(params, instance, states, check_interval=interval, timeout=args.timeout).run()
