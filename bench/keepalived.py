@@ -18,7 +18,7 @@ from lab import core as lab
 from lab import keepalived as kad
 
 # (mode, stateful, unicast, advert_int)
-SETUPS = (("primitive", False, False, "1"),)
+SETUPS = (("primitive", False, False, "1"), ("stateful", True, False, "1"), ("stateful", True, True, "0.2"))
 SCENARIOS = ("planned move", "holder crash")
 STRANDED_AFTER = 15.0  # seconds without traffic after the VIP moved: the client is stranded
 

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ def vrrp_config(node: str, unicast: bool = False, advert_int: str = "1") -> str:
                   "    unicast_peer {", f"        {lab.GW_IPS[other]}                # the other node's", "    }"]
     lines += [f"    priority {PRIORITY[node]}              # {PRIORITY[other]} on the other node",
               "    nopreempt                 # a node that comes back stays backup",
+              "    higher_prio_send_advert   # after a split brain the holder announces itself again",
               f"    advert_int {advert_int}"]
     if float(advert_int) < 1:
         lines += ["    version 3                 # sub-second adverts need VRRPv3 (no authentication)"]
@@ -151,7 +153,8 @@ class Pair:
         conf.write_text(cluster.stateful_conf() if self.stateful else cluster.stateful_conf(lab.GATEWAY_CONF))
         conf.chmod(0o600)
         assert self.base.client is not None
-        self.clients["tuned"] = self.base.client
+        if "tuned" in clients:  # the lab's own client, tuned (the only kind it builds)
+            self.clients["tuned"] = self.base.client
         if "stock" in clients:
             self.clients["stock"] = lab.add_client("stock", cluster.STOCK_IP, self.base.ns("lan"),
                                                    self.base.namespaces)
@@ -225,6 +228,20 @@ class Pair:
         if node not in self.watches:
             self.start_watch(node)
 
+    def cut(self, vrrp: bool = True, sync: bool = False) -> None:
+        """Drop between the two nodes (both directions): ``vrrp``, the adverts (a VRRP split brain:
+        each takes the VIP); ``sync``, the ha plugin's sync and the watch daemons' announcements
+        (UDP 4510 and 4511 on the back link). Nothing else: clients and the server still reach
+        both. ``cut()`` with both False heals everything."""
+        rules = (["ip protocol vrrp drop"] if vrrp else []) + (["udp dport { 4510, 4511 } drop"] if sync else [])
+        for node in NODES:
+            ns = self.base.ns(node)
+            lab.in_ns(ns, "nft", "delete", "table", "inet", "kadlab", check=False)
+            if rules:
+                body = "".join(f"  {r}\n" for r in rules)
+                lab.in_ns(ns, "nft", "-f", "-", input="table inet kadlab {\n chain input {\n"
+                          f"  type filter hook input priority -20; policy accept;\n{body} }}\n}}\n")
+
     def crash(self, node: str) -> None:
         """The node dies: every process in its namespace killed, links down, /run and firewall gone."""
         ns = self.base.ns(node)
@@ -294,6 +311,26 @@ class Pair:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
+class Arrival(threading.Thread):
+    """Polls from now on until ``to`` alone holds the VIP (the event itself may take longer:
+    ``systemctl stop keepalived`` returns once keepalived has exited)."""
+
+    def __init__(self, pair: Pair, to: str) -> None:
+        super().__init__(daemon=True)
+        self.pair, self.to, self.at = pair, to, 0.0
+        self.start()
+
+    def run(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            self.at = self.pair.wait_holder(self.to, timeout=60)
+
+    def wait(self) -> float:
+        self.join(70)
+        if not self.at:
+            raise TimeoutError(f"the VIP never reached {self.to} alone")
+        return self.at
+
+
 def measure(pair: Pair, event: Any, to: str, kinds: tuple[str, ...] = ("stock", "tuned"),
             timeout: float = 40) -> dict[str, dict[str, Any]]:
     """One event with each client sending through the tunnel: its gap (longest silence of a
@@ -305,9 +342,10 @@ def measure(pair: Pair, event: Any, to: str, kinds: tuple[str, ...] = ("stock", 
     try:
         for p in probes.values():
             p.wait_flowing(time.monotonic() - 5, timeout=20)
+        arrival = Arrival(pair, to)
         t0 = time.monotonic()
         event()
-        t_vip = pair.wait_holder(to, timeout=60) - t0
+        t_vip = arrival.wait() - t0
         out: dict[str, dict[str, Any]] = {}
         for k, p in probes.items():
             out[k] = {"vip_moved_s": round(t_vip, 3)}
