@@ -51,7 +51,7 @@ def test_config_file(tmp_path):
 
 @pytest.mark.parametrize(("text", "error"), [
     ("vip 192.0.2.1\n", "expected 'key = value'"),
-    ("vip = 192.0.2.1\nha_fifo = /x\n", "unknown key 'ha_fifo'"),
+    ("vip = 192.0.2.1\nha_port = 4511\n", "unknown key 'ha_port'"),
     ("vip = 192.0.2.1\nstart_without_vip = maybe\n", "start_without_vip must be true or false"),
     ("vip = 192.0.2.1\nvip = 192.0.2.2\n", "set twice"),
     ("vip = 192.0.2.1  # trailing comment\n", "not an IPv4 or IPv6 address"),
