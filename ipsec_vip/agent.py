@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import TypeVar
 
-    from ipsec_vip.promotion import Standing
+    from ipsec_vip import hasync
+    from ipsec_vip.promotion import Standing, Verdict
     from ipsec_vip.state import Record
 
     T = TypeVar("T")
@@ -147,7 +148,7 @@ def start(env: ocf.Env) -> int:
 
         states, deadline = StateDir(), _deadline(env)
         log.info("%s", hasync.start(params, env.instance, states, deadline))
-        _standing(env, states, deadline).started()
+        _standing(env, states, deadline).started(hasync.sync_drops(params.vici_socket))
     else:
         log.info("%s", control.start(params, env.instance, StateDir(), _deadline(env)))
     return OCF_SUCCESS
@@ -284,10 +285,46 @@ def _monitor_stateful(env: ocf.Env) -> int:
         if env.is_probe and not health.running:
             return OCF_NOT_RUNNING
         raise IpsecVipError("; ".join(health.problems) or "not running")
-    _standing(env, states, deadline).monitored(status.promoted, status.sync, status.digest)
+    standing = _standing(env, states, deadline)
+    _keep_in_sync(env, standing, standing.monitored(status.promoted, status.sync, status.digest), status)
     if health.degraded:
         ocf.exit_reason("; ".join(health.degraded), os.environ)
     return OCF_RUNNING_PROMOTED if status.promoted else OCF_SUCCESS
+
+
+def _keep_in_sync(env: ocf.Env, standing: Standing, verdict: Verdict, status: hasync.Status) -> None:
+    """What a monitor does about the sync: the promoted node answers a standby's request with one
+    resync; a standby out of sync repairs itself where a resync can work (its copies destroyed,
+    a resync asked for), else - a cut link, or MAX_REPAIRS in a row - is reported and keeps its
+    lower promotion score; it never fails its monitor for it (a restart's resync was lost the
+    same way again and again)."""
+    from ipsec_vip import hasync, promotion
+
+    states, deadline = standing.states, standing.attributes.deadline
+    if verdict.resync_for:
+        log.info("a standby asked for a resync: %s", hasync.resync_peer(_params(env), env.instance, states, deadline))
+        standing.served(verdict.resync_for)
+        return
+    if not (verdict.out_of_sync or verdict.synced_again):
+        return
+    params = _params(env)
+    drops = hasync.sync_drops(params.vici_socket)
+    if verdict.synced_again:
+        standing.synced(drops)
+        return
+    held = f"{status.sync.passive} copies" + (f" of the promoted node's {verdict.peer.sas} IKE_SAs"
+                                              if verdict.peer and verdict.peer.sas is not None else "")
+    if standing.should_repair(status.digest, drops):
+        destroyed = hasync.empty_for_resync(params, env.instance, states, deadline)
+        standing.repaired(drops)
+        log.warning("standby out of sync with the promoted node for %.0fs (%s, %s sync datagrams dropped): "
+                    "destroyed %d copies and asked for a resync (repair %d of %d)", promotion.OUT_OF_SYNC_AFTER,
+                    held, "?" if drops is None else drops, destroyed, standing.repairs(), promotion.MAX_REPAIRS)
+    else:
+        why = (f"{promotion.MAX_REPAIRS} repairs did not bring it in sync" if
+               standing.repairs() >= promotion.MAX_REPAIRS else "no sync has arrived since (sync link down?)")
+        log.warning("standby not in sync with the promoted node (%s): %s; kept, with promotion score %d, "
+                    "until syncs arrive again (ipsec-vip check: ha-sync)", held, why, promotion.SCORE_OUT_OF_SYNC)
 
 
 def validate(env: ocf.Env) -> int:

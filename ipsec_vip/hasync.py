@@ -327,6 +327,26 @@ def destroy_copies(uri: str, conns: Sequence[str], deadline: Deadline) -> int:
     return len(copies)
 
 
+def empty_for_resync(params: Params, instance: str, states: StateDir, deadline: Deadline) -> int:
+    """A started standby out of sync: destroy its copies so that the resync it asks for gives one
+    copy of each SA (5.9.8 adds a copy for every repeated sync); never on a promoted node."""
+    with states.lock(deadline.left(cap=3600)):
+        record = states.read(instance)
+        if record is None or promotion.promoted(states, instance):
+            return 0
+        return destroy_copies(target(record, params)[0], record.conns, deadline)
+
+
+def sync_drops(vici_uri: str) -> int | None:
+    """Datagrams charon's ha sync socket dropped since it opened (None: cannot tell)."""
+    from ipsec_vip import hasock
+
+    try:
+        return hasock.find(hasock.charon_pid(vici_uri)).drops
+    except hasock.SyncSocketError:
+        return None
+
+
 def resync_peer(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
     """On the active node, after the peer started: resend our state to it (``*1``), once."""
     with states.lock(deadline.left(cap=3600)):

@@ -5,8 +5,14 @@ node attributes they mirror.
   by its demote and stop);
 - the clone's promotion score (``crm_attribute --promotion``) and ``score``, the value last set
   (setting it costs a fork and a CIB round trip, so it is set only when it changes);
-- the promoted node's sync digest (an attrd transient attribute) and ``digest``, the value
-  last published; ``unsynced``: since when a standby's copies differ from it.
+- the promoted node's sync digest and SA count (an attrd transient attribute, ``count:digest``)
+  and ``digest``, the value last published; ``unsynced``: since when a standby's copies differ
+  from it;
+- a standby's repair of its copies: ``repairs`` (how many since it was last in sync),
+  ``episode`` (its digest when the difference was first seen, or after a repair),
+  ``sync-drops`` (its sync socket's drop count when it started, repaired or was last in sync),
+  ``asked`` (the token of its resync request, an attrd attribute the promoted node answers
+  with ``*1``, remembering it in ``served``).
 
 The agent asks :class:`Standing` after each action; only an instance run by Pacemaker (which
 names the node) has attributes. Every command draws from the action's one deadline: with less
@@ -19,17 +25,20 @@ from __future__ import annotations
 
 import time
 
-from ipsec_vip.errors import CommandError, IpsecVipError
+from ipsec_vip.errors import CommandError
 from ipsec_vip.log import log
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see ipsec_vip.tuples)
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import NamedTuple
 
     from ipsec_vip.action import Deadline
     from ipsec_vip.runner import Result, Runner
     from ipsec_vip.sas import IkeSa, Sync
     from ipsec_vip.state import StateDir
+else:
+    from ipsec_vip.tuples import NamedTuple
 
 CRM_ATTRIBUTE = "/usr/sbin/crm_attribute"
 ATTRD_UPDATER = "/usr/sbin/attrd_updater"
@@ -40,12 +49,16 @@ SCORE = "score"  # the state-dir mark caching the promotion score last set
 UNSYNCED = "unsynced"  # the state-dir mark: since when (time.time()) the standby's copies differ
 DIGEST = "digest"  # the state-dir mark: the digest the promoted node published last
 OUT_OF_SYNC_AFTER = 15.0  # seconds a difference must last (a sync, or the next publish, takes a moment)
+REPAIRS, EPISODE, SYNC_DROPS = "repairs", "episode", "sync-drops"  # a standby's repair (above)
+ASKED, SERVED = "asked", "served"  # the resync request a standby made, the last one the promoted node answered
+MAX_REPAIRS = 3  # in a row without reaching sync: then the standby is reported, never repaired in a loop
 
 # Promotion scores: the promoted node keeps the role (with stickiness), a standby holding
 # synced copies comes next, one without any stays promotable (no clients at all, or the
 # only node left) but never beats a healthy node in sync.
 SCORE_PROMOTED = 100
 SCORE_IN_SYNC = 50
+SCORE_OUT_OF_SYNC = 10  # holds copies, but not all: beats an empty node, never one in sync
 SCORE_EMPTY = 5
 
 _GONE = ("DELETED", "DESTROYING")
@@ -97,6 +110,34 @@ def in_sync(states: StateDir, instance: str, mine: str, peer: str | None) -> boo
     return time.time() - first < OUT_OF_SYNC_AFTER
 
 
+class Published(NamedTuple):
+    """What the promoted node published: its IKE_SAs of ours (None from an older agent) and digest."""
+
+    sas: int | None
+    digest: str
+
+
+def parse_published(value: str | None) -> Published | None:
+    if not value:
+        return None
+    count, sep, digest = value.partition(":")
+    if not sep:
+        return Published(None, value)
+    try:
+        return Published(int(count), digest)
+    except ValueError:
+        return Published(None, digest)
+
+
+class Verdict(NamedTuple):
+    """What a monitor's look at the sync asks of the agent."""
+
+    resync_for: str = ""  # promoted: a standby's request token, to answer with one ``*1``
+    out_of_sync: bool = False  # standby: its copies differ from the promoted node's for long
+    synced_again: bool = False  # standby: in sync again after a difference or a repair
+    peer: Published | None = None  # standby: what the promoted node published
+
+
 # --------------------------------------------------------------------------- Pacemaker's attributes
 class Attributes:
     """The instance's node attributes, through the project's runner, within ``deadline``."""
@@ -120,15 +161,22 @@ class Attributes:
     def peer_digest(self, me: str) -> str | None:
         """The digest another node published, or None (none published, attrd not answering)."""
         out = self._attrd(["-n", self._digest_name(), "-Q", "-A"])
-        for line in (out or "").splitlines():
-            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-            host, value = fields.get("host", "").strip('"'), fields.get("value", "").strip('"')
-            if host and host != me and value:
-                return value
-        return None
+        return _other_value(out, me)
+
+    def ask_resync(self, token: str | None) -> None:
+        """This standby's request for a resync (None withdraws it)."""
+        self._attrd(["-n", self._request_name(), *(["-D"] if token is None else ["-U", token, "-p"])])
+
+    def resync_request(self, me: str) -> str | None:
+        """Another node's pending resync request token, or None."""
+        out = self._attrd(["-n", self._request_name(), "-Q", "-A"])
+        return _other_value(out, me)
 
     def _digest_name(self) -> str:
         return "ipsec-vip-sync-" + self.resource
+
+    def _request_name(self) -> str:
+        return "ipsec-vip-resync-" + self.resource
 
     def _attrd(self, args: list[str]) -> str | None:
         """attrd_updater's output, None when it failed (logged, except a query's)."""
@@ -159,6 +207,16 @@ class Attributes:
             return None
 
 
+def _other_value(out: str | None, me: str) -> str | None:
+    """The value another node than ``me`` has in attrd_updater's ``-Q -A`` output, or None."""
+    for line in (out or "").splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        host, value = fields.get("host", "").strip('"'), fields.get("value", "").strip('"')
+        if host and host != me and value:
+            return value
+    return None
+
+
 # --------------------------------------------------------------------------- what the agent asks
 class Standing:
     """The marks of ``instance`` in ``states`` and, where Pacemaker runs the action (``node``, the
@@ -169,45 +227,107 @@ class Standing:
         self.instance, self.states, self.node = instance, states, node
         self.attributes = Attributes(instance, deadline, runner)
 
-    def started(self) -> None:
+    def started(self, drops: int | None = None) -> None:
+        """``drops``: the sync socket's drop count now, the baseline a later loss is seen against."""
+        self._forget_repairs()
+        self.states.set_mark(self.instance, SYNC_DROPS, None if drops is None else str(drops))
         self._score(SCORE_EMPTY)
 
     def promoted(self) -> None:
+        self._forget_repairs()
         self._score(SCORE_PROMOTED)
 
     def demoted(self) -> None:
         self._unpublish()
         self.states.set_mark(self.instance, UNSYNCED, None)  # the standby's comparison starts afresh
+        self.states.set_mark(self.instance, SERVED, None)
         self._score(SCORE_IN_SYNC)
 
     def stopped(self) -> None:
         """After the unload (which cleared the promoted mark): the other marks go, and the
         attributes when there is time left for them."""
         self._unpublish()
-        self.states.set_mark(self.instance, UNSYNCED, None)
-        self.states.set_mark(self.instance, SCORE, None)
+        self._forget_repairs()
+        for mark in (UNSYNCED, SCORE, SERVED, SYNC_DROPS):
+            self.states.set_mark(self.instance, mark, None)
         if self.node:
             self.attributes.set_score(None)
 
-    def monitored(self, is_promoted: bool, sync: Sync, mine: str) -> None:
-        """The promoted node publishes what it holds (``mine``); the standby compares its copies
-        with it and fails (Pacemaker restarts it: the restart's resync repairs it) once they
-        differ for long. Then the promotion score follows what this node holds."""
-        if self.node:
-            self._sync_check(is_promoted, mine)
-        self._score(score_for(is_promoted, sync))
+    def monitored(self, is_promoted: bool, sync: Sync, mine: str) -> Verdict:
+        """The promoted node publishes what it holds (``mine``, and how many IKE_SAs) and says
+        when a standby asked for a resync; the standby compares its copies with what was
+        published. Then the promotion score follows what this node holds: a standby out of
+        sync never beats one in sync."""
+        verdict = self._sync_check(is_promoted, sync, mine) if self.node else Verdict()
+        score = score_for(is_promoted, sync)
+        if verdict.out_of_sync and score == SCORE_IN_SYNC:
+            score = SCORE_OUT_OF_SYNC
+        self._score(score)
+        return verdict
 
-    def _sync_check(self, is_promoted: bool, mine: str) -> None:
+    def _sync_check(self, is_promoted: bool, sync: Sync, mine: str) -> Verdict:
         if is_promoted:
             self.states.set_mark(self.instance, UNSYNCED, None)  # a difference seen while standby is history
-            if self.states.mark(self.instance, DIGEST) != mine:
-                self.attributes.publish(mine)
-                self.states.set_mark(self.instance, DIGEST, mine)
-            return
-        peer = self.attributes.peer_digest(self.node)
-        if not in_sync(self.states, self.instance, mine, peer):
-            raise IpsecVipError(f"standby not in sync with the promoted node for {OUT_OF_SYNC_AFTER:.0f}s "
-                                "(sync link down?); a restart of this instance resyncs it")
+            value = f"{sync.active}:{mine}"
+            if self.states.mark(self.instance, DIGEST) != value:
+                self.attributes.publish(value)
+                self.states.set_mark(self.instance, DIGEST, value)
+            token = self.attributes.resync_request(self.node)
+            return Verdict(resync_for=token if token and token != self.states.mark(self.instance, SERVED) else "")
+        peer = parse_published(self.attributes.peer_digest(self.node))
+        if not in_sync(self.states, self.instance, mine, peer.digest if peer else None):
+            return Verdict(out_of_sync=True, peer=peer)
+        if self.states.mark(self.instance, UNSYNCED) is not None:  # differs, not for long yet
+            if self.states.mark(self.instance, EPISODE) is None:
+                self.states.set_mark(self.instance, EPISODE, mine)
+            return Verdict(peer=peer)
+        return Verdict(synced_again=self._forget_repairs(), peer=peer)
+
+    def should_repair(self, mine: str, drops: int | None) -> bool:
+        """An out-of-sync standby repairs itself only where a resync can work: its sync socket
+        dropped datagrams since it was last whole (the sync arrives, but not all of it), or its
+        copies changed while they differed (syncs arrive again after a cut) - and at most
+        MAX_REPAIRS times in a row. A cut link changes nothing here: the copies are kept and the
+        standby reported, not emptied for a resync that cannot arrive."""
+        repairs = int(self.states.mark(self.instance, REPAIRS) or 0)
+        if repairs >= MAX_REPAIRS:
+            return False
+        base = self.states.mark(self.instance, SYNC_DROPS)
+        lost = drops is not None and base is not None and drops > int(base)
+        episode = self.states.mark(self.instance, EPISODE)
+        return lost or (episode is not None and episode != mine)
+
+    def repaired(self, drops: int | None) -> None:
+        """After the standby destroyed its copies: ask the promoted node for a resync."""
+        import time
+
+        repairs = int(self.states.mark(self.instance, REPAIRS) or 0) + 1
+        token = f"{time.time():.3f}"
+        self.attributes.ask_resync(token)
+        self.states.set_mark(self.instance, ASKED, token)
+        self.states.set_mark(self.instance, REPAIRS, str(repairs))
+        self.states.set_mark(self.instance, EPISODE, None)
+        self.states.set_mark(self.instance, UNSYNCED, None)  # the resync gets its OUT_OF_SYNC_AFTER too
+        self.states.set_mark(self.instance, SYNC_DROPS, None if drops is None else str(drops))
+
+    def served(self, token: str) -> None:
+        self.states.set_mark(self.instance, SERVED, token)
+
+    def synced(self, drops: int | None) -> None:
+        """In sync again: the drops so far are history."""
+        self.states.set_mark(self.instance, SYNC_DROPS, None if drops is None else str(drops))
+
+    def repairs(self) -> int:
+        return int(self.states.mark(self.instance, REPAIRS) or 0)
+
+    def _forget_repairs(self) -> bool:
+        """Clear a standby's repair marks and withdraw its request; True if there was any."""
+        had = [m for m in (REPAIRS, EPISODE, ASKED) if self.states.mark(self.instance, m) is not None]
+        if self.states.mark(self.instance, ASKED) is not None and self.node:
+            self.attributes.ask_resync(None)
+        for mark in had:
+            self.states.set_mark(self.instance, mark, None)
+        return bool(had)
 
     def _unpublish(self) -> None:
         if self.states.mark(self.instance, DIGEST) is not None:

@@ -176,7 +176,7 @@ def report(found: list[Target], default_socket: str, timeout: float = 5.0) -> di
             "child_sas_installed": sum(1 for c in conns for i in c["ike_sas"] for ch in i["children"]
                                        if ch["state"] == "INSTALLED"),
             **_virtual_ips(conns),
-            "ha": _ha(conns) if info.get("ha_plugin") else None,
+            "ha": _ha(conns, t, timeout) if info.get("ha_plugin") else None,
         })
     return {"schema": SCHEMA, "node": os.uname().nodename, "charons": [c[0] for c in charons.values()],
             "vips": vips, "drop_rules": drops}
@@ -216,16 +216,38 @@ def _virtual_ips(conns: list[dict[str, Any]]) -> dict[str, list[str]]:
             "duplicate_virtual_ips": sorted((a for a, h in holders.items() if len(h) > 1), key=order)}
 
 
-def _ha(conns: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stateful mode: this node's role in the state sync and how many SAs it holds."""
+def _ha(conns: list[dict[str, Any]], t: Target, timeout: float) -> dict[str, Any]:
+    """Stateful mode: this node's role in the state sync and how many SAs it holds; for a
+    resource started here, what the promoted node published (its IKE_SAs) and the standby's
+    repair state."""
     from ipsec_vip.sas import Sync
 
     ikes = [i for c in conns for i in c["ike_sas"]]
     passive = [i for i in ikes if i["state"] == "PASSIVE"]
     sync = Sync(active=len(ikes) - len(passive), passive=len(passive),
                 passive_ready=sum(1 for i in passive if any(ch["state"] == "INSTALLED" for ch in i["children"])))
-    return {"role": sync.role, "active_ike_sas": sync.active, "synced_ike_sas": sync.passive,
-            "synced_ready": sync.passive_ready}
+    out: dict[str, Any] = {"role": sync.role, "active_ike_sas": sync.active, "synced_ike_sas": sync.passive,
+                           "synced_ready": sync.passive_ready, "promoted_ike_sas": None,
+                           "out_of_sync_since": None, "repairs": 0}
+    if t.source == "resource" and t.record is not None:
+        out.update(_standing(t.name, timeout))
+    return out
+
+
+def _standing(instance: str, timeout: float) -> dict[str, Any]:
+    """What the promoted node published (attrd: only inside a cluster) and the instance's marks."""
+    from ipsec_vip import promotion
+    from ipsec_vip.action import Deadline
+
+    out: dict[str, Any] = {}
+    if os.access(promotion.ATTRD_UPDATER, os.X_OK):
+        published = promotion.parse_published(promotion.Attributes(instance, Deadline(timeout)).peer_digest(""))
+        out["promoted_ike_sas"] = published.sas if published else None
+    states = StateDir()
+    since = states.mark(instance, promotion.UNSYNCED)
+    out["out_of_sync_since"] = _int(float(since)) if since else None
+    out["repairs"] = int(states.mark(instance, promotion.REPAIRS) or 0)
+    return out
 
 
 def unreachable(rep: dict[str, Any]) -> bool:
@@ -286,6 +308,12 @@ def render(rep: dict[str, Any]) -> str:
             lines.append(f"  state sync (ha plugin): {ha['role']}: {ha['active_ike_sas']} active IKE_SA(s), "
                          f"{ha['synced_ike_sas']} synced (passive) copies, {ha['synced_ready']} of them with an "
                          f"installed CHILD_SA")
+            if ha.get("promoted_ike_sas") is not None and ha["role"] != "active":
+                lines.append(f"  the promoted node published {ha['promoted_ike_sas']} IKE_SA(s): this node holds "
+                             f"{ha['synced_ready']} ready copies of them")
+            if ha.get("out_of_sync_since"):
+                ago = human_duration(max(int(time.time()) - ha["out_of_sync_since"], 0))
+                lines.append(f"  copies differ from the promoted node's for {ago} ({ha['repairs']} repair(s) so far)")
         for conn in v["connections"]:
             lines.append(f"  {conn['name']}: {'loaded' if conn['loaded'] else 'NOT loaded'}, "
                          f"{len(conn['ike_sas'])} IKE_SA(s)")

@@ -174,3 +174,79 @@ def test_a_started_stateful_monitor_imports_no_typing(tmp_path, monkeypatch):
         assert charon.sent("list-sas"), "the stateful monitor did look at the SAs"
     finally:
         charon.close()
+
+
+class Attrd:
+    """attrd for two nodes in memory: each node's runner answers attrd_updater (-U/-D for itself,
+    -Q -A for all) and records crm_attribute's promotion scores."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], str] = {}
+        self.scores: dict[str, str | None] = {}
+
+    def node(self, name: str) -> object:
+        attrd = self
+
+        class Runner:
+            def run(self, argv, *, timeout, stdin=None):
+                if argv[0] == promotion.CRM_ATTRIBUTE:
+                    attrd.scores[name] = None if "-D" in argv else argv[argv.index("-v") + 1]
+                    return Result(0, "", "")
+                attr = argv[argv.index("-n") + 1]
+                if "-U" in argv:
+                    attrd.values[(attr, name)] = argv[argv.index("-U") + 1]
+                elif "-D" in argv:
+                    attrd.values.pop((attr, name), None)
+                out = "".join(f'name="{a}" host="{h}" value="{v}"\n' for (a, h), v in attrd.values.items() if a == attr)
+                return Result(0, out, "")
+
+        return Runner()
+
+
+def test_an_out_of_sync_standby_is_repaired_only_where_a_resync_can_work(tmp_path, monkeypatch):
+    """The standby whose copies differ for long keeps a lower score and is never failed; it asks
+    for a resync (the promoted node answers once per request) only when its sync socket dropped
+    datagrams or syncs arrive again after a cut, at most MAX_REPAIRS times in a row; in sync again,
+    it withdraws the request and its score comes back."""
+    now = [1000.0]
+    monkeypatch.setattr(promotion.time, "time", lambda: now[0])
+    attrd = Attrd()
+    one, two = StateDir(str(tmp_path / "gw1")), StateDir(str(tmp_path / "gw2"))
+    active = promotion.Standing("vpn:0", one, "gw1", Deadline(30), attrd.node("gw1"))
+    standby = promotion.Standing("vpn:1", two, "gw2", Deadline(30), attrd.node("gw2"))
+    standby.started(drops=0)
+    assert active.monitored(True, Sync(3, 0, 0), "ddd") == promotion.Verdict()
+    assert attrd.values[("ipsec-vip-sync-vpn", "gw1")] == "3:ddd"
+
+    copies = Sync(0, 2, 2)
+    v = standby.monitored(False, copies, "old")
+    assert not v.out_of_sync and v.peer == promotion.Published(3, "ddd")
+    now[0] += promotion.OUT_OF_SYNC_AFTER + 1
+    v = standby.monitored(False, copies, "old")
+    assert v.out_of_sync and attrd.scores["gw2"] == str(promotion.SCORE_OUT_OF_SYNC)
+    assert not standby.should_repair("old", drops=0)  # a cut link: nothing arrives, nothing dropped
+    assert standby.should_repair("old", drops=7)  # the sync arrives but overflowed the socket
+    assert standby.should_repair("newer", drops=0)  # syncs arrive again
+
+    for n in range(1, promotion.MAX_REPAIRS + 1):
+        standby.repaired(drops=7)
+        token = attrd.values[("ipsec-vip-resync-vpn", "gw2")]
+        v = active.monitored(True, Sync(3, 0, 0), "ddd")
+        assert v.resync_for == token  # the promoted node writes *1 once for it
+        active.served(token)
+        assert active.monitored(True, Sync(3, 0, 0), "ddd").resync_for == ""
+        assert standby.repairs() == n
+        now[0] += 1
+    assert not standby.should_repair("other", drops=99)  # MAX_REPAIRS in a row: reported from now on
+
+    v = standby.monitored(False, Sync(0, 3, 3), "ddd")
+    assert v.synced_again and standby.repairs() == 0
+    assert ("ipsec-vip-resync-vpn", "gw2") not in attrd.values
+    assert attrd.scores["gw2"] == str(promotion.SCORE_IN_SYNC)
+    assert not standby.monitored(False, Sync(0, 3, 3), "ddd").synced_again  # once
+
+
+def test_published_values_from_older_agents_still_compare():
+    assert promotion.parse_published("12:abc") == promotion.Published(12, "abc")
+    assert promotion.parse_published("abc") == promotion.Published(None, "abc")
+    assert promotion.parse_published("") is None
