@@ -9,7 +9,7 @@ node attributes they mirror.
   and ``digest``, the value last published; ``unsynced``: since when a standby's copies differ
   from it;
 - a standby's repair of its copies: ``repairs`` (how many since it was last in sync),
-  ``episode`` (its digest when the difference was first seen, or after a repair),
+  ``episode`` (its digest when it was found out of sync),
   ``sync-drops`` (its sync socket's drop count when it started, repaired or was last in sync),
   ``asked`` (the token of its resync request, an attrd attribute the promoted node answers
   with ``*1``, remembering it in ``served``).
@@ -276,17 +276,17 @@ class Standing:
             return Verdict(resync_for=token if token and token != self.states.mark(self.instance, SERVED) else "")
         peer = parse_published(self.attributes.peer_digest(self.node))
         if not in_sync(self.states, self.instance, mine, peer.digest if peer else None):
+            if self.states.mark(self.instance, EPISODE) is None:  # what it held when found out of sync
+                self.states.set_mark(self.instance, EPISODE, mine)
             return Verdict(out_of_sync=True, peer=peer)
         if self.states.mark(self.instance, UNSYNCED) is not None:  # differs, not for long yet
-            if self.states.mark(self.instance, EPISODE) is None:
-                self.states.set_mark(self.instance, EPISODE, mine)
             return Verdict(peer=peer)
         return Verdict(synced_again=self._forget_repairs(), peer=peer)
 
     def should_repair(self, mine: str, drops: int | None) -> bool:
         """An out-of-sync standby repairs itself only where a resync can work: its sync socket
         dropped datagrams since it was last whole (the sync arrives, but not all of it), or its
-        copies changed while they differed (syncs arrive again after a cut) - and at most
+        copies changed since it was found out of sync (syncs arrive again after a cut) - and at most
         MAX_REPAIRS times in a row. A cut link changes nothing here: the copies are kept and the
         standby reported, not emptied for a resync that cannot arrive."""
         repairs = int(self.states.mark(self.instance, REPAIRS) or 0)

@@ -225,7 +225,8 @@ def test_sync_link_cut_is_reported_and_heals_without_a_restart(cl):
         wait_score(cl, s, "10")
         time.sleep(5)  # two more standby monitors with the link still cut
         assert cl.failed_actions() == [], cl.failed_actions()
-        assert [x["state"] for x in rw_sas(cl, s)] == ["PASSIVE"] * len(CLIENTS)  # its copies kept
+        log = standby.on("grep", "-rh", "sync", "/var/log/pacemaker", check=False).stdout
+        assert [x["state"] for x in rw_sas(cl, s)] == ["PASSIVE"] * len(CLIENTS), log[-3000:]  # copies kept
     finally:
         standby.on("nft", "delete", "table", "inet", "cut", check=False)
     with cl.stock.vici() as v:  # a sync that arrives
