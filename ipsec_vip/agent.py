@@ -271,8 +271,9 @@ def monitor(env: ocf.Env) -> int:
 
 def _monitor_stateful(env: ocf.Env) -> int:
     """7 not started, 0 unpromoted and healthy, 8 promoted and healthy, 1/9 broken; the promoted
-    node publishes what it holds, the standby fails once it is out of sync for long, and the
-    promotion score follows (:meth:`ipsec_vip.promotion.Standing.monitored`)."""
+    node publishes what it holds, a standby out of sync for long is repaired or reported
+    (:func:`_keep_in_sync`, never failed), and the promotion score follows
+    (:meth:`ipsec_vip.promotion.Standing.monitored`)."""
     from ipsec_vip import hasync
 
     seen = _observe(env, lambda params, record, states, deadline:
