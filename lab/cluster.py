@@ -116,11 +116,19 @@ GATEWAY_STRONGSWAN = """charon {
 """
 
 
-def gateway_strongswan_ha(name: str, peer: str, pool: str = lab.POOL) -> str:
-    """GATEWAY_STRONGSWAN with the ha plugin syncing over the back network (docs/stateful.md),
+def gateway_strongswan(settings: str = "") -> str:
+    """GATEWAY_STRONGSWAN with ``settings`` (charon options, one ``key = value`` a line, e.g.
+    ``threads = 32``) added to its charon section: what an experiment varies, charon's defaults otherwise."""
+    lines = "".join(f"  {line.strip()}\n" for line in settings.splitlines() if line.strip())
+    return GATEWAY_STRONGSWAN.replace("  plugins {\n", lines + "  plugins {\n", 1)
+
+
+def gateway_strongswan_ha(name: str, peer: str, pool: str = lab.POOL, settings: str = "") -> str:
+    """:func:`gateway_strongswan` with the ha plugin syncing over the back network (docs/stateful.md),
     the clients' pool ``rw-pool`` (``pool``: its addresses) the plugin's own."""
     ha = lab.ha_section(NODE_IPS[name][1], NODE_IPS[peer][1], pool)
-    return GATEWAY_STRONGSWAN.replace(" vici\n", " vici ha\n", 1).replace("  plugins {\n", "  plugins {\n" + ha, 1)
+    return gateway_strongswan(settings).replace(" vici\n", " vici ha\n", 1).replace(
+        "  plugins {\n", "  plugins {\n" + ha, 1)
 
 
 def seed_cib(path: Path) -> None:
@@ -229,16 +237,20 @@ class Cluster:
     ha: bool = False
     ha_pool: str = lab.POOL  # the addresses of rw-pool, the ha plugin's pool (stateful labs)
     stock: lab.Charon | None = None  # a second client with strongSwan's defaults (ha clusters)
+    charon_settings: dict[str, str] = field(default_factory=dict)  # node -> its extra charon options
 
     @classmethod
     def build(cls, names: tuple[str, ...] = ("gw1", "gw2"), token_ms: int = 1000,
-              client_extra: str = lab.CLIENT_RETRANSMIT, ha: bool = False, ha_pool: str = lab.POOL) -> Cluster:
+              client_extra: str = lab.CLIENT_RETRANSMIT, ha: bool = False, ha_pool: str = lab.POOL,
+              charon_settings: str = "") -> Cluster:
         """``ha``: stateful mode's lab: charon with the ha plugin (sync over the back network)
-        on both gateways, and a second, stock client (:data:`STOCK_IP`) beside the tuned one."""
+        on both gateways, and a second, stock client (:data:`STOCK_IP`) beside the tuned one.
+        ``charon_settings``: extra charon options for every gateway (:func:`gateway_strongswan`)."""
         lab.clean_leftovers()
         work = Path(tempfile.mkdtemp(prefix=f"{lab.PREFIX}cluster-"))
         os.chmod(work, 0o755)
-        c = cls(names=list(names), work=work, ha=ha, ha_pool=ha_pool)
+        c = cls(names=list(names), work=work, ha=ha, ha_pool=ha_pool,
+                charon_settings={n: charon_settings for n in names})
         try:
             c._build(token_ms, client_extra)
         except BaseException:
@@ -290,9 +302,7 @@ class Cluster:
         (nd / "log" / "pacemaker").chmod(0o770)
         (nd / "ip").write_text(NODE_IPS[name][0])
         (nd / "backip").write_text(NODE_IPS[name][1])
-        peer = next((n for n in self.names if n != name), name)
-        conf = gateway_strongswan_ha(name, peer, self.ha_pool) if self.ha else GATEWAY_STRONGSWAN
-        (nd / "strongswan.conf").write_text(conf)
+        self._write_strongswan_conf(name)
         with contextlib.suppress(FileNotFoundError):
             (nd / "no-charon-restart").unlink()
         out = open(nd / "node.out", "ab")  # handed to the child
@@ -321,6 +331,31 @@ class Cluster:
             lab.run(lab.IP, "-n", lan, "link", "set", port, "master", br, "up")
         self.nodes[name] = node
         return node
+
+    def _write_strongswan_conf(self, name: str) -> None:
+        """The node's strongswan.conf (bind-mounted into the node: rewritten in place, never replaced)."""
+        peer = next((n for n in self.names if n != name), name)
+        settings = self.charon_settings.get(name, "")
+        conf = gateway_strongswan_ha(name, peer, self.ha_pool, settings) if self.ha else gateway_strongswan(settings)
+        (self.work / name / "strongswan.conf").write_text(conf)
+
+    def set_charon_settings(self, name: str, settings: str, timeout: float = 20) -> None:
+        """Give node ``name``'s charon other extra options (:func:`gateway_strongswan`) and restart
+        it, as an admin would (its SAs and loaded configuration go with it: for a node that holds
+        nothing, e.g. the one a primitive moves to); returns once the new charon answers on VICI."""
+        node = self.nodes[name]
+        self.charon_settings[name] = settings
+        self._write_strongswan_conf(name)
+        old = node.charon_pid()  # a pid of the node's own pid namespace
+        node.on("kill", str(old))  # the node's loop starts it again, reading the new file
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                if node.charon_pid() != old:
+                    node.conns()
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{name}: charon not back on VICI {timeout}s after its restart")
 
     def wait_ready(self, timeout: float = 90) -> None:
         """Every live node online and a DC elected."""

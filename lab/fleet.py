@@ -642,8 +642,9 @@ class FleetLab:
     setup: dict[str, Any] = field(default_factory=dict)  # connect and sync time, charon memory per SA
 
     @classmethod
-    def build(cls, n: int, stateful: bool, spare: int = 40, log: Any = print) -> FleetLab:
-        c = cluster.Cluster.build(("gw1", "gw2"), ha=stateful, ha_pool=FLEET_POOL)
+    def build(cls, n: int, stateful: bool, spare: int = 40, log: Any = print, charon_settings: str = "") -> FleetLab:
+        """``charon_settings``: extra charon options for both gateways (:func:`lab.cluster.gateway_strongswan`)."""
+        c = cluster.Cluster.build(("gw1", "gw2"), ha=stateful, ha_pool=FLEET_POOL, charon_settings=charon_settings)
         try:
             conf = c.work / "swanctl.conf"
             conf.write_text(gateway_conf(stateful))
