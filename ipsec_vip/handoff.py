@@ -8,15 +8,17 @@ the order is what matters (measured, see docs/handoff.md):
    (:mod:`ipsec_vip.droprule`), so a client's first retry is lost here, not refused;
 2. the caller unloads the connections;
 3. :func:`redirect`: an IKEv2 REDIRECT (RFC 5685, VICI ``redirect``) to the VIP for every
-   IKE_SA of ours, all queued at once (charon runs the exchanges in parallel); we wait,
-   inside the stop deadline, until each client answered, so none is still pending when the
-   VIP leaves. The client retries to the VIP; its first retransmit (one
-   ``retransmit_timeout`` later) reaches the next holder.
+   IKE_SA of ours, one request per connection (charon queues a job per IKE_SA and runs the
+   exchanges in parallel); we wait, inside the stop deadline, until each client answered, so
+   none is still pending when the VIP leaves. The client retries to the VIP; its first
+   retransmit (one ``retransmit_timeout`` later) reaches the next holder.
 
-Whether a client announced REDIRECT support is not in ``list-sas``; charon says it in its
-log ("client does not support IKE redirection", ``ike_sa.c`` ``redirect()``), which VICI
-streams as ``log`` events carrying the IKE_SA's unique id: we listen to those while we
-redirect. Such clients are left as without handoff (DPD), and counted in the log.
+Whether a client announced REDIRECT support, and whether it answered, is not in ``list-sas``;
+charon says it in its log ("client does not support IKE redirection", ``ike_sa.c``
+``redirect()``; "parsed INFORMATIONAL response" after "redirecting peer to"), which VICI
+streams as ``log`` events carrying the IKE_SA's name and unique id, and an SA that goes away
+meanwhile raises ``ike-updown``: we listen to those while we redirect, decoding only the
+lines that matter. Clients without support are left as without handoff (DPD), and counted.
 
 After the handoff the old node keeps the redirected IKE_SAs (the client's DELETE goes to
 the VIP, i.e. to the next holder) and so the pool's leases. They are terminated only where
@@ -32,9 +34,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from ipsec_vip import droprule, sas
 from ipsec_vip import vip as vipmod
@@ -42,7 +45,7 @@ from ipsec_vip.action import Deadline
 from ipsec_vip.errors import ViciCommandError, ViciError
 from ipsec_vip.log import log, stderr_is_journal
 from ipsec_vip.state import Record, StateDir
-from ipsec_vip.vici_session import LogListener, Vici
+from ipsec_vip.vici_session import EventListener, Vici
 
 UNSUPPORTED = "client does not support IKE redirection"
 _SENT = "redirecting peer to"
@@ -92,59 +95,115 @@ def undrop(vip: str) -> bool:
         return False
 
 
-def _ids(v: Vici, record: Record, deadline: Deadline) -> set[int]:
-    return {int(s.uniqueid) for s in sas.ours(v, record.conns, deadline.left()) if s.version == "2"}
+class _Answers:
+    """The clients' answers to a handoff's REDIRECTs, per IKE_SA of its connections, as charon's
+    ``log`` and ``ike-updown`` events tell them (:meth:`on_event` runs in the listener's thread).
+    Each event settles at most one IKE_SA, so following 1000 costs 1000 small steps, not a scan
+    of every pending SA per look."""
+
+    def __init__(self, conns: Sequence[str]) -> None:
+        self._conns = set(conns)
+        self._cond = threading.Condition()
+        self._expected: set[int] = set()
+        self._sent: set[int] = set()
+        self.settled: dict[int, str] = {}  # IKE_SA -> "answered", "gone", "unsupported" or charon's refusal
+
+    def expect(self, ids: set[int]) -> None:
+        with self._cond:
+            self._expected |= ids
+
+    def forget(self, ids: set[int]) -> None:
+        """Not waited for after all (charon refused to redirect them)."""
+        with self._cond:
+            self._expected -= ids
+            for ike_id in ids:
+                self.settled.pop(ike_id, None)
+
+    def settle(self, ids: Iterable[int], outcome: str) -> None:
+        with self._cond:
+            for ike_id in ids:
+                if ike_id in self._expected:
+                    self.settled.setdefault(ike_id, outcome)
+            self._cond.notify_all()
+
+    def on_event(self, name: str, event: dict[str, Any]) -> None:
+        if name == "ike-updown":  # an SA gone meanwhile needs no answer
+            if event.get("up") != "yes":
+                self.settle([int(b.get("uniqueid", 0)) for c, b in event.items()
+                             if c in self._conns and isinstance(b, dict)], _GONE)
+            return
+        if event.get("ikesa-name") not in self._conns:
+            return
+        ike_id, msg = int(event.get("ikesa-uniqueid", 0)), str(event.get("msg", ""))
+        if UNSUPPORTED in msg:
+            self.settle([ike_id], _UNSUPPORTED)
+        elif _REFUSED in msg:
+            self.settle([ike_id], msg)
+        elif _SENT in msg:
+            with self._cond:
+                self._sent.add(ike_id)
+        elif _ANSWERED in msg and ike_id in self._sent:  # a DPD answered before the REDIRECT is no answer
+            self.settle([ike_id], _ANSWERED_OK)
+
+    def wait(self, until: float) -> None:
+        """Until every expected IKE_SA is settled, or ``until`` (monotonic)."""
+        with self._cond:
+            while len(self.settled) < len(self._expected):
+                left = until - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
+
+_ANSWERED_OK, _GONE, _UNSUPPORTED = "answered", "gone", "unsupported"
+_EVENTS_WANTED = {"log": tuple(m.encode() for m in (UNSUPPORTED, _SENT, _ANSWERED, _REFUSED))}
 
 
 def redirect(v: Vici, record: Record, deadline: Deadline) -> Outcome:
-    """REDIRECT every IKEv2 IKE_SA of the record's connections to the VIP; wait for the answers."""
-    ids = _ids(v, record, deadline)
-    if not ids:
-        return Outcome(0, 0, 0, (), 0)
+    """REDIRECT every IKEv2 IKE_SA of the record's connections to the VIP; wait for the answers.
+
+    One VICI ``redirect`` per connection (``ike`` selector): charon walks all its IKE_SAs for
+    each request and queues a job per match, so one request per IKE_SA (``ike-id``) made 1000
+    SAs a million checkouts, each waiting for SAs busy with earlier REDIRECTs."""
+    answers = _Answers(record.conns)
     try:
-        listener: LogListener | None = LogListener(v.uri, deadline.left(cap=2.0))
+        listener: EventListener | None = EventListener(v.uri, ("log", "ike-updown"), deadline.left(cap=2.0),
+                                                       answers.on_event, _EVENTS_WANTED)
     except ViciError as e:
         log.warning("%s: cannot tell which clients support REDIRECT", e)
         listener = None
-    refused: list[str] = []
-    pending = set()
     try:
-        for ike_id in ids:
+        by_conn: dict[str, set[int]] = {}
+        for sa in sas.ours(v, record.conns, deadline.left()):
+            if sa.version == "2":
+                by_conn.setdefault(sa.conn, set()).add(int(sa.uniqueid))
+        ids = set().union(*by_conn.values())
+        if not ids:
+            return Outcome(0, 0, 0, (), 0)
+        answers.expect(ids)
+        refused: list[str] = []
+        sent: set[int] = set()
+        for conn, conn_ids in sorted(by_conn.items()):
             try:
-                v.request("redirect", {"ike-id": str(ike_id), "gateway": record.vip}, timeout=deadline.left())
-                pending.add(ike_id)
+                v.request("redirect", {"ike": conn, "gateway": record.vip}, timeout=deadline.left())
+                sent |= conn_ids
             except ViciCommandError as e:
-                refused.append(e.errmsg)
-        unsupported: set[int] = set()
-        answered: set[int] = set()
-        end = time.monotonic() + max(deadline.left(cap=_WAIT_CAP) - 1.0, 0.0)
-        next_look = time.monotonic() + 0.5
-        while pending and listener is not None:
-            for ike_id in list(pending):
-                lines = listener.of(ike_id)
-                if any(UNSUPPORTED in line for line in lines):
-                    unsupported.add(ike_id)
-                elif any(_REFUSED in line for line in lines):
-                    refused.append(next(line for line in lines if _REFUSED in line))
-                elif any(_SENT in line for line in lines) and any(_ANSWERED in line for line in lines):
-                    answered.add(ike_id)
+                if "no matching" in e.errmsg:  # gone since the listing
+                    answers.settle(conn_ids, _GONE)
+                    sent |= conn_ids
                 else:
-                    continue
-                pending.discard(ike_id)
-            if not pending or time.monotonic() >= end:
-                break
-            time.sleep(0.02)
-            if time.monotonic() >= next_look:  # an SA gone meanwhile needs no answer
-                next_look = time.monotonic() + 0.5
-                gone = pending - {int(s.uniqueid) for s in sas.ours(v, record.conns, deadline.left())}
-                answered |= gone
-                pending -= gone
+                    answers.forget(conn_ids)
+                    refused += [e.errmsg] * len(conn_ids)
+        if listener is None:  # no way to tell: count what was sent
+            return Outcome(len(ids), len(sent), 0, tuple(refused), 0)
+        answers.wait(time.monotonic() + max(deadline.left(cap=_WAIT_CAP) - 1.0, 0.0))
     finally:
         if listener is not None:
             listener.close()
-    if listener is None:  # no way to tell: count what was sent
-        return Outcome(len(ids), len(pending), 0, tuple(refused), 0)
-    return Outcome(len(ids), len(answered), len(unsupported), tuple(refused), len(pending))
+    outcomes = list(answers.settled.values())
+    refused += [o for o in outcomes if o not in (_ANSWERED_OK, _GONE, _UNSUPPORTED)]
+    return Outcome(len(ids), outcomes.count(_ANSWERED_OK) + outcomes.count(_GONE), outcomes.count(_UNSUPPORTED),
+                   tuple(refused), len(sent) - len(outcomes))
 
 
 def clear_leftovers(v: Vici, record: Record, timeout: float) -> int:

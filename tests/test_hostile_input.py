@@ -409,7 +409,7 @@ def test_the_redirect_log_listener_gives_up_in_time_on_a_peer_that_trickles(tmp_
     """charon's log registration answered one byte a time, or with a 2 GiB length: the
     listener (stop's REDIRECT handoff) gives up within its timeout instead of hanging the stop."""
     from ipsec_vip.errors import ViciError
-    from ipsec_vip.vici_session import LogListener
+    from ipsec_vip.vici_session import EventListener
     from tests.vici_fakes import FakeServer, read_packet
 
     def trickle(conn: socket.socket) -> None:
@@ -432,7 +432,7 @@ def test_the_redirect_log_listener_gives_up_in_time_on_a_peer_that_trickles(tmp_
 
         def listen(uri: str = server.uri, outcome: list[object] = outcome) -> None:
             try:
-                LogListener(uri, 1.0).close()
+                EventListener(uri, ("log", "ike-updown"), 1.0, lambda _name, _event: None).close()
                 outcome.append("listening")
             except ViciError as e:
                 outcome.append(e)

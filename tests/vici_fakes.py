@@ -180,7 +180,10 @@ class Proxy(FakeServer):
 class FakeCharon(FakeServer):
     """A charon's VICI state in memory, for the fast tier: what is loaded (``loaded`` conns, shared
     ``keys``, ``pools``), IKE_SAs a test puts in ``sas`` (name -> list of bodies), and refusals a test puts in
-    ``refuse`` (command or 'load-conn:<name>' -> errmsg). ``requests`` keeps (command, message)."""
+    ``refuse`` (command or 'load-conn:<name>' -> errmsg). ``requests`` keeps (command, message).
+    ``redirected(name, body)``, if a test sets it, gives the events (name, message) charon raises
+    for one IKE_SA a ``redirect`` matched (log lines, ``ike-updown``): they go, after the reply, to
+    every connection registered for them, as charon's own do."""
 
     def __init__(self, path: Path) -> None:
         self.loaded: dict[str, Any] = {}
@@ -189,36 +192,62 @@ class FakeCharon(FakeServer):
         self.sas: dict[str, list[dict[str, Any]]] = {}
         self.refuse: dict[str, str] = {}
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.redirected: Callable[[str, dict[str, Any]], list[tuple[str, dict[str, Any]]]] | None = None
         self._lock = threading.Lock()
+        self._listeners: dict[socket.socket, tuple[set[str], threading.Lock]] = {}
         super().__init__(path, self._talk)
+
+    def raise_event(self, event: str, body: dict[str, Any]) -> None:
+        """Send ``event`` to every connection registered for it."""
+        head = struct.pack("!BB", Packet.EVENT, len(event)) + event.encode()
+        payload = head + Message.serialize(body)
+        with self._lock:
+            listeners = [(c, lock) for c, (names, lock) in self._listeners.items() if event in names]
+        for conn, lock in listeners:
+            with lock, contextlib.suppress(OSError):
+                conn.sendall(struct.pack("!I", len(payload)) + payload)
 
     def sent(self, command: str) -> list[dict[str, Any]]:
         return [m for c, m in self.requests if c == command]
 
     def _talk(self, conn: socket.socket) -> None:
         events: set[str] = set()
+        send = threading.Lock()
+        with self._lock:
+            self._listeners[conn] = (events, send)
         with conn, contextlib.suppress(EOFError, OSError):
             while True:
                 packet = read_packet(conn)
                 kind, name = packet[4], command_of(packet)
-                if kind == Packet.EVENT_REGISTER:
-                    events.add(name)
-                    Recorder._send(conn, Packet.EVENT_CONFIRM, {})
-                    continue
-                if kind == Packet.EVENT_UNREGISTER:
-                    events.discard(name)
-                    Recorder._send(conn, Packet.EVENT_CONFIRM, {})
+                if kind in (Packet.EVENT_REGISTER, Packet.EVENT_UNREGISTER):
+                    with self._lock:
+                        (events.add if kind == Packet.EVENT_REGISTER else events.discard)(name)
+                    with send:
+                        Recorder._send(conn, Packet.EVENT_CONFIRM, {})
                     continue
                 message = _text(Message.deserialize(FiniteStream(packet[6 + packet[5]:])))
                 with self._lock:
                     self.requests.append((name, message))
                     streamed, reply = self._answer(name, message)
-                for event, body in streamed:
-                    if event in events:
-                        head = struct.pack("!BB", Packet.EVENT, len(event)) + event.encode()
-                        payload = head + Message.serialize(body)
-                        conn.sendall(struct.pack("!I", len(payload)) + payload)
-                Recorder._send(conn, Packet.CMD_RESPONSE, reply)
+                with send:
+                    for event, body in streamed:
+                        if event in events:
+                            head = struct.pack("!BB", Packet.EVENT, len(event)) + event.encode()
+                            payload = head + Message.serialize(body)
+                            conn.sendall(struct.pack("!I", len(payload)) + payload)
+                    Recorder._send(conn, Packet.CMD_RESPONSE, reply)
+                if name == "redirect" and self.redirected is not None and reply.get("success") == "yes":
+                    for sa_name, body in self._redirect_matches(message):
+                        for event, event_body in self.redirected(sa_name, body):
+                            self.raise_event(event, event_body)
+        with self._lock:
+            self._listeners.pop(conn, None)
+
+    def _redirect_matches(self, m: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The IKEv2 SAs a ``redirect`` selects (``ike`` name and/or ``ike-id``), as charon's walk does."""
+        return [(n, b) for n, bodies in self.sas.items() for b in bodies
+                if b.get("version", "2") == "2" and m.get("ike", n) == n and m.get("ike-id", b.get("uniqueid"))
+                == b.get("uniqueid")]
 
     def _answer(self, command: str, m: dict[str, Any]) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
         ok: dict[str, Any] = {"success": "yes"}
@@ -249,6 +278,11 @@ class FakeCharon(FakeServer):
                 return [], {"success": "no", "errmsg": f"pool '{m['name']}' not found"}
         elif command == "list-sas":
             return [("list-sa", {n: b}) for n, bodies in self.sas.items() for b in bodies], {}
+        elif command == "redirect":
+            matches = len(self._redirect_matches(m))
+            if not matches:
+                return [], {"success": "no", "errmsg": "no matching SAs to redirect found", "matches": "0"}
+            return [], {**ok, "matches": str(matches)}
         elif command == "terminate":
             def match(n: str, b: dict[str, Any]) -> bool:  # by unique id, or (ike) by connection name
                 return b.get("uniqueid") == m["ike-id"] if "ike-id" in m else n == m.get("ike")
