@@ -17,35 +17,6 @@ from lab import core as lab
 
 PSK = "bench-takeover-Qm4vK8nR2tW6yZ1xB5cD9fG3hJ7"
 POOL = "10.99.0.0/20"  # private range; room for 4094 leases
-GATEWAY = """connections {
-    rw {
-        version = 2
-        local_addrs = %(vip)s
-        pools = rw-pool
-        mobike = no
-        local {
-            auth = psk
-            id = vpn.example.com
-        }
-        remote {
-            auth = psk
-        }
-        children {
-            rw {
-                local_ts = 198.51.100.0/24
-            }
-        }
-    }
-}
-secrets {
-    ike-any {
-        id = vpn.example.com
-        secret = "%(psk)s"
-    }
-}
-"""
-
-
 def _act(lb: lab.Lab, gw: str, action: str, conf: Path, rsctmp: str) -> tuple[float, lab.Result]:
     c = lb.gateways[gw]
     t = time.monotonic()
@@ -92,7 +63,7 @@ def run(n: int, log: Any) -> dict[str, Any]:
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=f"{lab.PREFIX}takeover-"))
     conf = work / "swanctl.conf"
-    conf.write_text(GATEWAY % {"vip": lab.VIP, "psk": PSK})
+    conf.write_text(lab.GATEWAY_CONNS % {"vip": lab.VIP} + lab.any_client_secret(PSK))
     conf.chmod(0o600)
     rsctmp = str(work / "rsctmp")
     log(f"  {n} synced SAs: building two ha gateways and a client")

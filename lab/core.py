@@ -449,8 +449,9 @@ def client_initiate(client: Charon, timeout_ms: int = 5000) -> bool:
     return True
 
 
-# The gateway side of the lab: a VIP-bound road-warrior responder (%(vip)s, %(psk)s).
-_GATEWAY_CONNS = """\
+# The gateway side of the lab: a VIP-bound road-warrior responder (%(vip)s) taking its virtual IPs
+# from rw-pool, and the secret of the lab's client (%(psk)s).
+GATEWAY_CONNS = """\
 connections {
     rw {
         version = 2
@@ -482,9 +483,19 @@ secrets {
     }
 }
 """
-GATEWAY_CONF = _GATEWAY_CONNS + f"pools {{\n    rw-pool {{\n        addrs = {POOL}\n    }}\n}}\n" + _GATEWAY_SECRETS
+def pools_section(addrs: str = POOL) -> str:
+    """The primitive's ``pools { }``: rw-pool with ``addrs`` (stateful mode keeps it in ha_section)."""
+    return f"pools {{\n    rw-pool {{\n        addrs = {addrs}\n    }}\n}}\n"
+
+
+def any_client_secret(psk: str, server_id: str = "vpn.example.com") -> str:
+    """A ``secrets`` section: one PSK for every client that names the gateway ``server_id``."""
+    return f'secrets {{\n    ike-any {{\n        id = {server_id}\n        secret = "{psk}"\n    }}\n}}\n'
+
+
+GATEWAY_CONF = GATEWAY_CONNS + pools_section() + _GATEWAY_SECRETS
 # Stateful mode: the pool rw-pool lives in charon.plugins.ha.pools (ha_section), not in the agent's file.
-STATEFUL_GATEWAY_CONF = _GATEWAY_CONNS + _GATEWAY_SECRETS
+STATEFUL_GATEWAY_CONF = GATEWAY_CONNS + _GATEWAY_SECRETS
 
 
 # --------------------------------------------------------------------------- the agent

@@ -41,51 +41,17 @@ FLEET_LAN_IP = "192.0.2.60"
 FLEET_NET = "198.18.0.0/15"
 FLEET_FIRST = ipaddress.ip_address("198.18.0.10")
 FLEET_POOL = "10.99.0.0/18"  # a private range, room for 16382 leases
-FLEET_POOL_NAME = "rw-pool"  # the name the lab gives the ha plugin's pool (lab.core.ha_section)
 PSK = "fleet-lab-psk-Xr8vN2qK6tM4wZ9yB3cF7hJ5"
 SERVER_ID = "vpn.example.com"
 CHILD = "home"
 SAMPLE = 20  # clients whose tunnel carries a 20 ms probe the whole time
 
-# The gateways' connection for the fleet: any client that knows the PSK (%(pools)s: the
-# ``pools { }`` section of the primitive's file, empty in stateful mode, where the pool is
-# the ha plugin's own: strongswan.conf charon.plugins.ha.pools, see lab.core.ha_section).
-GATEWAY_CONF = """\
-connections {
-    rw {
-        version = 2
-        local_addrs = %(vip)s
-        pools = %(pool_name)s
-        mobike = no
-        dpd_delay = 10s
-        local {
-            auth = psk
-            id = %(server_id)s
-        }
-        remote {
-            auth = psk
-        }
-        children {
-            rw {
-                local_ts = 198.51.100.0/24
-            }
-        }
-    }
-}
-%(pools)ssecrets {
-    ike-fleet {
-        id = %(server_id)s
-        secret = "%(psk)s"
-    }
-}
-"""
-
-
 def gateway_conf(stateful: bool, vip: str = lab.VIP) -> str:
-    """The gateways' swanctl.conf for the fleet (see :data:`GATEWAY_CONF`)."""
-    pools = "" if stateful else f"pools {{\n    {FLEET_POOL_NAME} {{\n        addrs = {FLEET_POOL}\n    }}\n}}\n"
-    return GATEWAY_CONF % {"vip": vip, "pool_name": FLEET_POOL_NAME, "server_id": SERVER_ID, "psk": PSK,
-                           "pools": pools}
+    """The gateways' swanctl.conf for the fleet: the lab's responder, one PSK for every client,
+    and (primitive mode) rw-pool sized for the fleet; in stateful mode the pool is the ha
+    plugin's own (lab.core.ha_section)."""
+    return ((lab.GATEWAY_CONNS % {"vip": vip}) + ("" if stateful else lab.pools_section(FLEET_POOL))
+            + lab.any_client_secret(PSK, SERVER_ID))
 
 
 def client_name(i: int) -> str:
@@ -549,12 +515,24 @@ def duplicates(snap: dict[str, ClientSA]) -> list[str]:
     return sorted(v for v, k in seen.items() if k > 1)
 
 
+# A redirected client's old IKE_SA lingers in DELETING on the one client charon (its DELETE goes
+# unanswered) with its old virtual IP, which the new holder may give to another client: until it
+# times out that client's echoes go astray. Real clients, each on its own machine, cannot meet
+# this; a client that fails its round trip is tried again this many seconds later.
+RECHECK_AFTER = 10.0
+
+
 def check_event(fleet: Fleet, report: EventReport, before: dict[str, ClientSA], keep_ike: bool,
                 join: int = 5) -> EventReport:
     """After an event: every client's IKE_SA (by SPIs) kept when ``keep_ike``, a round trip
     through every tunnel, no virtual IP held twice; then ``join`` new clients connect and must
     get addresses nobody holds and carry traffic too."""
     after, bad = fleet.round_trips()
+    if bad:  # once more, later: see RECHECK_AFTER
+        report.extra["round_trip_only_on_recheck"] = len(bad)
+        time.sleep(RECHECK_AFTER)
+        _, bad = fleet.round_trips(bad)
+        report.extra["round_trip_only_on_recheck"] -= len(bad)
     report.no_round_trip = bad
     if keep_ike:
         report.lost_ike = sorted(n for n, b in before.items() if n not in after or after[n].spis != b.spis)
