@@ -460,11 +460,12 @@ def fleet_table(results: dict[str, Any]) -> list[str]:
         src = next((k.split("@")[1] for k in ex if k.startswith("stop@")), None)
         promote = (ex.get(f"promote@{dst}") or {}).get("start") if dst else None
         stop = ex.get(f"stop@{src}") if src else None
+        late = f" ({ex['round_trip_only_on_recheck']} only 10 s later)" if ex.get("round_trip_only_on_recheck") else ""
         stop_s = f"{stop['end'] - stop['start']:.2f}" if stop and "end" in stop and "start" in stop else "—"
         lines.append(
             f"| {r['n']} | {r['mode']} | {r['scenario']} | {r.get('vip_moved') or 0:.2f} | {med:.2f} / {mx:.2f} | "
             f"{est[-1] if est else '—'} ({len(est)}) | {ex.get('all_rekeyed_after_promote_s', '—')} | "
-            f"{promote if promote is not None else '—'} | {stop_s} | {r['lost_ike']} | {r['no_round_trip']} | "
+            f"{promote if promote is not None else '—'} | {stop_s} | {r['lost_ike']} | {r['no_round_trip']}{late} | "
             f"{r['duplicate_vips']} | {r['joined_ok']}/{r['joined']} | {ex.get('back_in_sync_s', '—')}, "
             f"{ex.get('copies', '—')} |")
     mon = [(r["n"], r["mode"], role, v) for r in _rows(results, "fleet") if r.get("scenario") == "move"
