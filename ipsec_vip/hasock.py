@@ -33,7 +33,7 @@ HA_PORT = 4510  # ha_plugin.h
 # 3.2 KB per SA at its peak (measured: 570 KB at 200 SAs, 3.2 MB at 1000): room for ~20,000 SAs.
 # Only what is queued uses memory.
 RCVBUF = 32 * 1024 * 1024
-_SO_RCVBUFFORCE = 33  # asm-generic/socket.h (every architecture Debian ships but mips/sparc/parisc)
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h (every architecture Debian ships but mips/sparc/parisc)
 _SYS_PIDFD_GETFD = 438  # one number on every architecture (Linux >= 5.6)
 
 
@@ -104,8 +104,8 @@ def find(pid: int) -> SyncSocket:
     raise SyncSocketError(f"no socket of charon (pid {pid}) is bound to UDP port {HA_PORT}")
 
 
-def _duplicate(pid: int, fd: int) -> socket.socket:
-    """A duplicate of charon's fd in this process (pidfd_getfd)."""
+def duplicate(pid: int, fd: int) -> socket.socket:
+    """A duplicate of process ``pid``'s descriptor ``fd`` in this process (pidfd_getfd)."""
     import ctypes
 
     try:
@@ -129,7 +129,7 @@ def _duplicate(pid: int, fd: int) -> socket.socket:
 def read(pid: int) -> SyncSocket:
     """The ha socket with its receive buffer size (needs what :func:`enlarge` needs, but changes nothing)."""
     found = find(pid)
-    with _duplicate(pid, found.fd) as s:
+    with duplicate(pid, found.fd) as s:
         return found._replace(rcvbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
@@ -137,11 +137,11 @@ def enlarge(pid: int, size: int = RCVBUF) -> SyncSocket:
     """Give charon's ha socket a receive buffer of ``size`` (kernel: twice that), unless it has
     one at least that large; returns the socket as it is afterwards."""
     found = find(pid)
-    with _duplicate(pid, found.fd) as s:
+    with duplicate(pid, found.fd) as s:
         before = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         if before < 2 * size:
             try:
-                s.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
             except OSError as e:
                 raise SyncSocketError(f"cannot enlarge charon's ha socket buffer (SO_RCVBUFFORCE): {e.strerror}; "
                                       "needs CAP_NET_ADMIN") from None

@@ -472,37 +472,25 @@ class Probe:
 
 
 def enlarge_udp_buffers(pid: int, size: int) -> int:
-    """Set SO_RCVBUFFORCE on every UDP socket of process ``pid`` (a copy of each taken with
-    pidfd_getfd); returns how many. Root only."""
-    import ctypes
+    """Give every UDP socket of process ``pid`` a ``size`` receive buffer, as the agent does
+    charon's ha socket (:mod:`ipsec_vip.hasock`); returns how many. Root only."""
     import os
     import socket
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    from ipsec_vip import hasock
+
     inodes = set()
     for table in ("udp", "udp6"):
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-                inodes.add(line.split()[9])
-    pidfd = os.pidfd_open(pid)
+            inodes |= {line.split()[9] for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]}
     done = 0
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if not (link.startswith("socket:[") and link[8:-1] in inodes):
-                    continue
-                mine = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
-                if mine < 0:
-                    continue
-                s = socket.socket(fileno=mine)
-                try:
-                    s.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
-                    done += 1
-                finally:
-                    s.close()
-    finally:
-        os.close(pidfd)
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                with hasock.duplicate(pid, int(fd)) as s:
+                    s.setsockopt(socket.SOL_SOCKET, hasock.SO_RCVBUFFORCE, size)
+                done += 1
     return done
 
 
