@@ -493,15 +493,9 @@ def fleet_plots(results: dict[str, Any], out: Path) -> list[str]:
             line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{key[0]} {key[1]} (max)")
             ax.plot([p[0] for p in pts], [p[2] for p in pts], marker=".", linestyle=":", color=line[0].get_color())
     ax.set_xscale("log")
-    ax.set_xlabel("clients (N)")
-    ax.set_ylabel("sampled clients' gap, s (solid max, dotted median)")
-    ax.set_title(f"failover gap against fleet size, {results['date']}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "fleet-gaps.png", dpi=90)
-    plt.close(fig)
-    drawn.append("fleet-gaps.png")
+    drawn.append(_save(fig, ax, out / "fleet-gaps.png", "clients (N)",
+                       "sampled clients' gap, s (solid max, dotted median)",
+                       f"failover gap against fleet size, {results['date']}"))
     n = max(r["n"] for r in rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in (r for r in rows if r["n"] == n):
@@ -510,13 +504,23 @@ def fleet_plots(results: dict[str, Any], out: Path) -> list[str]:
             ax.step(est, range(1, len(est) + 1), where="post", label=f"{r['mode']} {r['scenario']}")
             if r.get("vip_moved"):
                 ax.axvline(r["vip_moved"], linestyle=":", linewidth=0.8, color=ax.lines[-1].get_color())
-    ax.set_xlabel("seconds since the event (dotted: VIP arrived on the new holder)")
-    ax.set_ylabel("clients back (CHILD_SA on the new holder)")
-    ax.set_title(f"N={n}: when each client's traffic resumed, {results['date']}")
+    drawn.append(_save(fig, ax, out / "fleet-timeline.png",
+                       "seconds since the event (dotted: VIP arrived on the new holder)",
+                       "clients back (CHILD_SA on the new holder)",
+                       f"N={n}: when each client's traffic resumed, {results['date']}"))
+    return drawn
+
+
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> str:
+    """Label, grid and legend one fleet picture, write it; returns its file name."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "fleet-timeline.png", dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-    drawn.append("fleet-timeline.png")
-    return drawn
+    return path.name
