@@ -274,19 +274,24 @@ def _monitor_stateful(env: ocf.Env) -> int:
     node publishes what it holds, a standby out of sync for long is repaired or reported
     (:func:`_keep_in_sync`, never failed), and the promotion score follows
     (:meth:`ipsec_vip.promotion.Standing.monitored`)."""
-    from ipsec_vip import hasync
+    from ipsec_vip import hasync, promotion
 
-    seen = _observe(env, lambda params, record, states, deadline:
-                    hasync.check(params, env.instance, record, states, env.check_level, deadline))
+    def look(params: Params, record: Record, states: StateDir, deadline: Deadline,
+             ) -> tuple[Standing, hasync.Status]:
+        standing = _standing(env, states, deadline)
+        basis = "" if promotion.promoted(states, env.instance) else standing.published()
+        return standing, hasync.check(params, env.instance, record, states, env.check_level, deadline, basis,
+                                      full=env.is_probe)
+
+    seen = _observe(env, look)
     if isinstance(seen, int):
         return seen
-    states, deadline, status = seen
+    standing, status = seen[2]
     health = status.health
     if not health.running or health.problems:
         if env.is_probe and not health.running:
             return OCF_NOT_RUNNING
         raise IpsecVipError("; ".join(health.problems) or "not running")
-    standing = _standing(env, states, deadline)
     _keep_in_sync(env, standing, standing.monitored(status.promoted, status.sync, status.digest), status)
     if health.degraded:
         ocf.exit_reason("; ".join(health.degraded), os.environ)

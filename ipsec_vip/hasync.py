@@ -361,6 +361,14 @@ def resync_peer(params: Params, instance: str, states: StateDir, deadline: Deadl
     return f"resync of {len(seen)} IKE_SA(s) sent to the peer"
 
 
+def ike_sa_count(v: Vici, deadline: Deadline) -> int:
+    """How many IKE_SAs charon holds, of every connection (VICI ``stats``; -1: not told)."""
+    try:
+        return int(v.request("stats", timeout=deadline.left())["ikesas"]["total"])
+    except (KeyError, TypeError, ValueError):
+        return -1
+
+
 class Status(NamedTuple):
     promoted: bool
     sync: Sync
@@ -368,9 +376,13 @@ class Status(NamedTuple):
     digest: str = ""
 
 
-def check(params: Params, instance: str, record: Record, states: StateDir, level: int,
-          deadline: Deadline) -> Status:
-    """Health of a started stateful instance; a promoted one that cannot serve raises FailedPromoted."""
+def check(params: Params, instance: str, record: Record, states: StateDir, level: int, deadline: Deadline,
+          basis: str = "", full: bool = False) -> Status:
+    """Health of a started stateful instance; a promoted one that cannot serve raises FailedPromoted.
+
+    Our SAs are listed (the digest taken) when ``full``, at ``level`` 10, or when the last look no longer
+    stands (:func:`ipsec_vip.promotion.look_stands`; ``basis``: on a standby, what the promoted
+    node published); otherwise charon is asked only how many IKE_SAs it holds."""
     promoted = promotion.promoted(states, instance)
     health = control.check(params._replace(start_without_vip=True), record, level, deadline)
     if not health.running or health.problems:
@@ -378,13 +390,19 @@ def check(params: Params, instance: str, record: Record, states: StateDir, level
             raise FailedPromoted((health.problems or ["charon is not running"])[0])
         return Status(promoted, Sync(0, 0, 0), health)
     uri, interface = target(record, params)
+    basis = "" if promoted else basis
     with Vici(uri, timeout=deadline.left()) as v:
-        seen = sas.ours(v, record.conns, deadline.left())
-    sync = sas.summary(seen)
+        total = ike_sa_count(v, deadline)
+        look = promotion.last_look(states, instance)
+        if full or level >= 10 or look is None or not promotion.look_stands(look, promoted, total, basis, time.time()):
+            seen = sas.ours(v, record.conns, deadline.left())
+            look = promotion.Look(time.time(), promoted, total, basis, sas.summary(seen),
+                                  promotion.digest([s for s in seen if s.passive != promoted]))
+            promotion.keep_look(states, instance, look)
     if promoted:
         if not vipmod.held(params.vip, interface):
             raise FailedPromoted(f"promoted but VIP {params.vip} is not held by this node")
-        if sync.passive:
-            raise FailedPromoted(f"promoted but {sync.passive} IKE_SA(s) are PASSIVE here: the peer took the "
+        if look.sync.passive:
+            raise FailedPromoted(f"promoted but {look.sync.passive} IKE_SA(s) are PASSIVE here: the peer took the "
                                  "segment (both nodes promoted?)")
-    return Status(promoted, sync, health, promotion.digest([s for s in seen if s.passive != promoted]))
+    return Status(promoted, look.sync, health, look.digest)

@@ -8,6 +8,8 @@ node attributes they mirror.
 - the promoted node's sync digest and SA count (an attrd transient attribute, ``count:digest``)
   and ``digest``, the value last published; ``unsynced``: since when a standby's copies differ
   from it;
+- ``look``: the monitor's last full look at our SAs (:class:`Look`), which the monitors until the
+  next one reuse;
 - a standby's repair of its copies: ``repairs`` (how many since it was last in sync),
   ``episode`` (its digest when it was found out of sync),
   ``sync-drops`` (its sync socket's drop count when it started, repaired or was last in sync),
@@ -52,6 +54,8 @@ OUT_OF_SYNC_AFTER = 15.0  # seconds a difference must last (a sync, or the next 
 REPAIRS, EPISODE, SYNC_DROPS = "repairs", "episode", "sync-drops"  # a standby's repair (above)
 ASKED, SERVED = "asked", "served"  # the resync request a standby made, the last one the promoted node answered
 MAX_REPAIRS = 3  # in a row without reaching sync: then the standby is reported, never repaired in a loop
+LOOK = "look"  # the state-dir mark: the monitor's last full look (Look)
+LOOK_EVERY = 8.0  # seconds a full look stands while nothing else says it is stale
 
 # Promotion scores: the promoted node keeps the role (with stickiness), a standby holding
 # synced copies comes next, one without any stays promotable (no clients at all, or the
@@ -108,6 +112,46 @@ def in_sync(states: StateDir, instance: str, mine: str, peer: str | None) -> boo
         states.set_mark(instance, UNSYNCED, repr(time.time()))
         return True
     return time.time() - first < OUT_OF_SYNC_AFTER
+
+
+class Look(NamedTuple):
+    """A monitor's full look at our SAs: every IKE_SA listed and the digest taken. ``list-sas``
+    of 1000 IKE_SAs costs charon and the agent about 90 ms, more than the rest of a monitor;
+    the monitors in between ask charon only how many IKE_SAs it holds (VICI ``stats``, 1 ms)
+    and reuse this one while it stands (:func:`look_stands`)."""
+
+    at: float  # time.time() of the look
+    promoted: bool
+    total: int  # IKE_SAs in charon then, all connections (the count ``stats`` gives)
+    basis: str  # standby: the value the promoted node had published then ("" none)
+    sync: Sync
+    digest: str
+
+
+def look_stands(look: Look, promoted: bool, total: int, basis: str, now: float) -> bool:
+    """A full look stands for LOOK_EVERY seconds while the role, charon's IKE_SA count and (on a
+    standby) the promoted node's published value are as they were: an SA added or gone, a
+    promote or demote, a new digest to compare with, each calls for a new look at once. What
+    the count cannot show (rekeys, the peer taking the segment) waits for the next full look,
+    at most LOOK_EVERY seconds: a standby is found out of sync only after OUT_OF_SYNC_AFTER."""
+    return ((look.promoted, look.total, look.basis) == (promoted, total, basis)
+            and 0 <= now - look.at < LOOK_EVERY)
+
+
+def last_look(states: StateDir, instance: str) -> Look | None:
+    from ipsec_vip.sas import Sync
+
+    fields = (states.mark(instance, LOOK) or "").split(" ")
+    try:
+        at, promoted, total, active, passive, ready, digest, basis = fields
+        return Look(float(at), promoted == "1", int(total), basis, Sync(int(active), int(passive), int(ready)), digest)
+    except ValueError:  # none, or from another version: look again
+        return None
+
+
+def keep_look(states: StateDir, instance: str, look: Look | None) -> None:
+    states.set_mark(instance, LOOK, None if look is None else " ".join(map(str, (
+        repr(look.at), int(look.promoted), look.total, *look.sync, look.digest, look.basis))))
 
 
 class Published(NamedTuple):
@@ -226,21 +270,32 @@ class Standing:
                  runner: Runner | None = None) -> None:
         self.instance, self.states, self.node = instance, states, node
         self.attributes = Attributes(instance, deadline, runner)
+        self._published: tuple[str | None] | None = None  # asked once per action
+
+    def published(self) -> str:
+        """The value the promoted node published, as this node sees it ("": none, or not run by
+        Pacemaker); asked of attrd once per action."""
+        if self._published is None:
+            self._published = (self.attributes.peer_digest(self.node) if self.node else None,)
+        return self._published[0] or ""
 
     def started(self, drops: int | None = None) -> None:
         """``drops``: the sync socket's drop count now, the baseline a later loss is seen against."""
         self._forget_repairs()
         self.states.set_mark(self.instance, SYNC_DROPS, None if drops is None else str(drops))
+        keep_look(self.states, self.instance, None)
         self._score(SCORE_EMPTY)
 
     def promoted(self) -> None:
         self._forget_repairs()
+        keep_look(self.states, self.instance, None)
         self._score(SCORE_PROMOTED)
 
     def demoted(self) -> None:
         self._unpublish()
         self.states.set_mark(self.instance, UNSYNCED, None)  # the standby's comparison starts afresh
         self.states.set_mark(self.instance, SERVED, None)
+        keep_look(self.states, self.instance, None)
         self._score(SCORE_IN_SYNC)
 
     def stopped(self) -> None:
@@ -248,7 +303,7 @@ class Standing:
         attributes when there is time left for them."""
         self._unpublish()
         self._forget_repairs()
-        for mark in (UNSYNCED, SCORE, SERVED, SYNC_DROPS):
+        for mark in (UNSYNCED, SCORE, SERVED, SYNC_DROPS, LOOK):
             self.states.set_mark(self.instance, mark, None)
         if self.node:
             self.attributes.set_score(None)
@@ -274,7 +329,7 @@ class Standing:
                 self.states.set_mark(self.instance, DIGEST, value)
             token = self.attributes.resync_request(self.node)
             return Verdict(resync_for=token if token and token != self.states.mark(self.instance, SERVED) else "")
-        peer = parse_published(self.attributes.peer_digest(self.node))
+        peer = parse_published(self.published())
         if not in_sync(self.states, self.instance, mine, peer.digest if peer else None):
             if self.states.mark(self.instance, EPISODE) is None:  # what it held when found out of sync
                 self.states.set_mark(self.instance, EPISODE, mine)
@@ -308,6 +363,7 @@ class Standing:
         self.states.set_mark(self.instance, REPAIRS, str(repairs))
         self.states.set_mark(self.instance, EPISODE, None)
         self.states.set_mark(self.instance, UNSYNCED, None)  # the resync gets its OUT_OF_SYNC_AFTER too
+        keep_look(self.states, self.instance, None)  # the copies were just destroyed
         self.states.set_mark(self.instance, SYNC_DROPS, None if drops is None else str(drops))
 
     def served(self, token: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import math
 import re
 import subprocess
 import sys
@@ -753,8 +754,13 @@ class FleetLab:
             c.wait_located(VIPS, dst, timeout=30)
 
     def monitor_costs(self, runs: int = 10) -> dict[str, Any]:
-        """The agent's recurring monitor as Pacemaker runs it, timed inside each node: median
-        ms and the exit codes seen, per role (promoted / unpromoted, or started)."""
+        """The agent's recurring monitor as Pacemaker runs it, timed inside each node, per role
+        (promoted / unpromoted, or started): ``median_ms`` of ``runs`` back to back (stateful: the
+        cheap looks between two full ones), ``full_ms`` with every SA listed (OCF_CHECK_LEVEL 10,
+        which a stateful monitor never skips), and ``mean_ms``, what one monitor costs on average at
+        the recipe's intervals with a full look every LOOK_EVERY seconds (the digest included)."""
+        from ipsec_vip import promotion
+
         out: dict[str, Any] = {}
         holder = self.holder()
         for name, node in self.c.nodes.items():
@@ -762,21 +768,29 @@ class FleetLab:
                 continue
             role = ("promoted" if name == holder else "unpromoted") if self.stateful else \
                 ("started" if name == holder else "stopped")
+            interval = 3000 if role == "promoted" else 2000
             env = [f"PYTHONPATH={self.c.work}/root/site", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
                    "OCF_ROOT=/usr/lib/ocf", "OCF_RESOURCE_INSTANCE=vpn", f"OCF_RESKEY_vip={lab.VIP}",
-                   f"OCF_RESKEY_config={self.c.work / 'swanctl.conf'}", "OCF_RESKEY_CRM_meta_interval=2000",
-                   "OCF_RESKEY_CRM_meta_timeout=20000"]
+                   f"OCF_RESKEY_config={self.c.work / 'swanctl.conf'}", f"OCF_RESKEY_CRM_meta_interval={interval}",
+                   "OCF_RESKEY_CRM_meta_timeout=20000", f"OCF_RESKEY_CRM_meta_on_node={name}"]
             if self.stateful:
                 env += ["OCF_RESKEY_CRM_meta_promotable=true", "OCF_RESKEY_CRM_meta_notify=true"]
-            p = node.on("env", "-i", *env, sys.executable, "-c", _TIME_MONITOR, AGENT_IN_NODE, str(runs),
-                        check=False, timeout=300)
-            times, codes = [], set()
-            for line in p.stdout.split():
-                rc, ms = line.split(":")
-                codes.add(int(rc))
-                times.append(float(ms))
-            out[role] = {"median_ms": round(sorted(times)[len(times) // 2], 1) if times else None,
-                         "rc": sorted(codes)}
+            timed = {}
+            for key, level in (("median_ms", "0"), ("full_ms", "10")):
+                p = node.on("env", "-i", *env, f"OCF_CHECK_LEVEL={level}", sys.executable, "-c", _TIME_MONITOR,
+                            AGENT_IN_NODE, str(runs), check=False, timeout=300)
+                times, codes = [], set()
+                for line in p.stdout.split():
+                    rc, ms = line.split(":")
+                    codes.add(int(rc))
+                    times.append(float(ms))
+                timed[key] = round(sorted(times)[len(times) // 2], 1) if times else None
+                timed.setdefault("rc", sorted(codes))
+            every = math.ceil(promotion.LOOK_EVERY * 1000 / interval) if self.stateful else 1
+            cheap, full = timed["median_ms"], timed["full_ms"]
+            timed["mean_ms"] = round((full + (every - 1) * cheap) / every, 1) if cheap and full else None
+            timed["full_every"] = every
+            out[role] = timed
         return out
 
     def destroy(self) -> None:

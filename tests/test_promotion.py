@@ -176,6 +176,58 @@ def test_a_started_stateful_monitor_imports_no_typing(tmp_path, monkeypatch):
         charon.close()
 
 
+def test_the_stateful_monitor_lists_the_sas_only_when_its_last_look_is_stale(tmp_path, monkeypatch):
+    """Between two full looks (every SA listed, the digest taken) a monitor asks charon only how
+    many IKE_SAs it holds; an SA more or less, a new published value on a standby, a role change,
+    LOOK_EVERY seconds, a deep check or a probe each make it list again - and what a cheap look
+    reports is what the last full one saw."""
+    from ipsec_vip import hasync
+
+    charon = FakeCharon(tmp_path / "charon.vici")
+    now = [5000.0]
+    monkeypatch.setattr(hasync.time, "time", lambda: now[0])
+    try:
+        conf = tmp_path / "swanctl.conf"
+        conf.write_text(GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40})
+        conf.chmod(0o600)
+        states = StateDir(str(tmp_path / "rsc"))
+        states.ensure()
+        params = Params(vip=vipmod.parse_vip(VIP), config=str(conf), vici_socket=charon.uri)
+        control.start(params._replace(start_without_vip=True, handoff="none"), "vpn", states, Deadline(10))
+        record = states.read("vpn")
+        copy = {"uniqueid": "1", "state": "PASSIVE", "initiator-spi": "a1", "responder-spi": "b1",
+                "child-sas": {"rw-1": {"uniqueid": "1", "name": "rw", "state": "INSTALLED", "spi-in": "c1",
+                                       "spi-out": "d1"}}}
+        charon.sas["rw"] = [copy]
+
+        def lists(basis="p1", level=0, full=False):
+            before = len(charon.sent("list-sas"))
+            status = hasync.check(params, "vpn", record, states, level, Deadline(10), basis, full=full)
+            return len(charon.sent("list-sas")) - before, status._replace(health=None)
+
+        listed, first = lists()
+        assert listed == 1 and first.sync == Sync(0, 1, 1) and first.digest and not first.promoted
+        now[0] += 1
+        assert lists() == (0, first)  # nothing changed: the count only
+        charon.sas["rw"] = [copy, {**copy, "uniqueid": "2", "initiator-spi": "a2"}]
+        listed, second = lists()
+        assert listed == 1 and second.sync == Sync(0, 2, 2) and second.digest != first.digest
+        assert lists()[0] == 0
+        assert lists(basis="p2")[0] == 1  # the promoted node published something new
+        assert lists(basis="p2", level=10)[0] == 1 and lists(basis="p2", full=True)[0] == 1
+        now[0] += promotion.LOOK_EVERY
+        assert lists(basis="p2")[0] == 1  # rekeys do not change the count: a full look now and then
+        assert lists(basis="p2")[0] == 0
+        promotion.set_promoted(states, "vpn", True)
+        with pytest.raises(hasync.FailedPromoted):  # listed again at once: the copies are PASSIVE here
+            hasync.check(params, "vpn", record, states, 0, Deadline(10), "p2")
+        promotion.set_promoted(states, "vpn", False)
+        promotion.Standing("vpn", states, "", Deadline(10)).repaired(None)  # copies destroyed: look again
+        assert lists(basis="p2")[0] == 1
+    finally:
+        charon.close()
+
+
 class Attrd:
     """attrd for two nodes in memory: each node's runner answers attrd_updater (-U/-D for itself,
     -Q -A for all) and records crm_attribute's promotion scores."""

@@ -256,6 +256,8 @@ class FakeCharon(FakeServer):
                 return [], {"success": "no", "errmsg": self.refuse[key]}
         if command == "version":
             return [], {"daemon": "charon", "version": "5.9.8", "sysname": "Linux"}
+        if command == "stats":
+            return [], {"ikesas": {"total": str(sum(len(b) for b in self.sas.values())), "half-open": "0"}}
         if command == "get-conns":
             return [], {"conns": list(self.loaded)}
         if command == "get-shared":
