@@ -112,7 +112,8 @@ def _fleet_row(n: int, mode: str, scenario: str, gaps: list[float], vip: float =
     return {"n": n, "mode": mode, "scenario": scenario, "label": f"{mode} {scenario}", "ok": True, "gaps": gaps,
             "resumed": gaps, "vip_moved": vip, "lost_ike": 0, "no_round_trip": 0, "duplicate_vips": 0,
             "joined": 5, "joined_ok": 5, "extra": {"copies": f"{n}/{n}", **extra},
-            "monitor": {"promoted": {"median_ms": 60.0 if n == 1 else 100.0, "rc": [8]},
+            "monitor": {"promoted": {"median_ms": 60.0 if n == 1 else 70.0, "full_ms": 60.0 if n == 1 else 160.0,
+                                     "mean_ms": 60.0 if n == 1 else 100.0, "full_every": 3, "rc": [8]},
                         "unpromoted": {"median_ms": 60.0 if n == 1 else 150.0, "rc": [0]},
                         "started": {"median_ms": 40.0, "rc": [0]}}}
 
@@ -134,8 +135,10 @@ def test_fleet_verdicts_follow_the_issue_targets():
     assert v["fleet N=1000, stateful `pcs node standby`"][1] == "**not met**"  # 1.3 > 0.9 + 0.3
     assert v["fleet N=1000, stateful crash of the promoted node"][1] == "**not met**"  # 3.5 > 2.0 + 1.0
     assert v["fleet N=1000, primitive handoff=redirect move, stock clients"][1] == "**met**"
-    assert v["stateful monitor (promoted) @1000 SAs ≤ 2× @1"][1] == "**met**"  # 100 vs 60
-    assert v["stateful monitor (unpromoted) @1000 SAs ≤ 2× @1"][1] == "**not met**"  # 150 vs 60
+    full = ", the digest's full looks included"
+    assert v[f"stateful monitor (promoted) @1000 SAs ≤ 2× @1{full}"] == (
+        "100.0 vs 60.0 ms (1.67×; a full look 160.0 ms, 1 in 3; primitive 40.0 vs 40.0 ms)", "**met**")  # the mean
+    assert v[f"stateful monitor (unpromoted) @1000 SAs ≤ 2× @1{full}"][1] == "**not met**"  # 150 vs 60: no mean
 
 
 def test_fleet_lost_clients_fail_and_a_failed_size_is_not_measured():
