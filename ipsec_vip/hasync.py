@@ -361,6 +361,15 @@ def resync_peer(params: Params, instance: str, states: StateDir, deadline: Deadl
     return f"resync of {len(seen)} IKE_SA(s) sent to the peer"
 
 
+def _witness(v: Vici, conns: Sequence[str], sample: str, deadline: Deadline) -> str:
+    """The sample SA of the last look as it is now, "uniqueid:state" ("" none, or gone)."""
+    uniqueid = sample.partition(":")[0]
+    if not uniqueid:
+        return ""
+    now = sas.ours(v, conns, deadline.left(), ike_id=uniqueid)
+    return f"{now[0].uniqueid}:{now[0].state}" if now else ""
+
+
 def ike_sa_count(v: Vici, deadline: Deadline) -> int:
     """How many IKE_SAs charon holds, of every connection (VICI ``stats``; -1: not told)."""
     try:
@@ -394,10 +403,12 @@ def check(params: Params, instance: str, record: Record, states: StateDir, level
     with Vici(uri, timeout=deadline.left()) as v:
         total = ike_sa_count(v, deadline)
         look = promotion.last_look(states, instance)
-        if full or level >= 10 or look is None or not promotion.look_stands(look, promoted, total, basis, time.time()):
+        if full or level >= 10 or look is None or not promotion.look_stands(
+                look, promoted, total, basis, _witness(v, record.conns, look.sample, deadline), time.time()):
             seen = sas.ours(v, record.conns, deadline.left())
             look = promotion.Look(time.time(), promoted, total, basis, sas.summary(seen),
-                                  promotion.digest([s for s in seen if s.passive != promoted]))
+                                  promotion.digest([s for s in seen if s.passive != promoted]),
+                                  f"{seen[0].uniqueid}:{seen[0].state}" if seen else "")
             promotion.keep_look(states, instance, look)
     if promoted:
         if not vipmod.held(params.vip, interface):

@@ -126,15 +126,17 @@ class Look(NamedTuple):
     basis: str  # standby: the value the promoted node had published then ("" none)
     sync: Sync
     digest: str
+    sample: str = ""  # one of our IKE_SAs then, "uniqueid:state" ("" none): the segment's witness
 
 
-def look_stands(look: Look, promoted: bool, total: int, basis: str, now: float) -> bool:
-    """A full look stands for LOOK_EVERY seconds while the role, charon's IKE_SA count and (on a
-    standby) the promoted node's published value are as they were: an SA added or gone, a
-    promote or demote, a new digest to compare with, each calls for a new look at once. What
-    the count cannot show (rekeys, the peer taking the segment) waits for the next full look,
-    at most LOOK_EVERY seconds: a standby is found out of sync only after OUT_OF_SYNC_AFTER."""
-    return ((look.promoted, look.total, look.basis) == (promoted, total, basis)
+def look_stands(look: Look, promoted: bool, total: int, basis: str, sample: str, now: float) -> bool:
+    """A full look stands for LOOK_EVERY seconds while the role, charon's IKE_SA count, (on a
+    standby) the promoted node's published value and the state of the look's sample SA are as
+    they were: an SA added or gone, a promote or demote, a new digest to compare with, the
+    segment taken or given up (all our SAs change state with it: one shows it), each calls for a
+    new look at once. Rekeys, which the count does not show, wait for the next full look, at
+    most LOOK_EVERY seconds: a standby is found out of sync only after OUT_OF_SYNC_AFTER anyway."""
+    return ((look.promoted, look.total, look.basis, look.sample) == (promoted, total, basis, sample)
             and 0 <= now - look.at < LOOK_EVERY)
 
 
@@ -143,15 +145,16 @@ def last_look(states: StateDir, instance: str) -> Look | None:
 
     fields = (states.mark(instance, LOOK) or "").split(" ")
     try:
-        at, promoted, total, active, passive, ready, digest, basis = fields
-        return Look(float(at), promoted == "1", int(total), basis, Sync(int(active), int(passive), int(ready)), digest)
+        at, promoted, total, active, passive, ready, digest, sample, basis = fields
+        return Look(float(at), promoted == "1", int(total), basis, Sync(int(active), int(passive), int(ready)),
+                    digest, sample)
     except ValueError:  # none, or from another version: look again
         return None
 
 
 def keep_look(states: StateDir, instance: str, look: Look | None) -> None:
     states.set_mark(instance, LOOK, None if look is None else " ".join(map(str, (
-        repr(look.at), int(look.promoted), look.total, *look.sync, look.digest, look.basis))))
+        repr(look.at), int(look.promoted), look.total, *look.sync, look.digest, look.sample, look.basis))))
 
 
 class Published(NamedTuple):

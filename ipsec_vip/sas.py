@@ -74,16 +74,18 @@ def _parse(conn: str, body: dict[str, Any]) -> IkeSa:
                  f"{body.get('initiator-spi', '')}/{body.get('responder-spi', '')}", str(body.get("version", "")))
 
 
-def _list(v: Vici, conns: Iterable[str], timeout: float, noblock: bool) -> list[IkeSa]:
+def _list(v: Vici, conns: Iterable[str], timeout: float, noblock: bool, ike_id: str = "") -> list[IkeSa]:
     names = set(conns)
+    message = {**({"noblock": "yes"} if noblock else {}), **({"ike-id": ike_id} if ike_id else {})}
     return [_parse(conn, body)
-            for event in v.stream("list-sas", "list-sa", {"noblock": "yes"} if noblock else {}, timeout=timeout)
+            for event in v.stream("list-sas", "list-sa", message, timeout=timeout)
             for conn, body in event.items() if conn in names and isinstance(body, dict)]
 
 
-def ours(v: Vici, conns: Iterable[str], timeout: float) -> list[IkeSa]:
-    """A look at the IKE_SAs (with their children) of the connections ``conns`` (``noblock``)."""
-    return _list(v, conns, timeout, noblock=True)
+def ours(v: Vici, conns: Iterable[str], timeout: float, ike_id: str = "") -> list[IkeSa]:
+    """A look at the IKE_SAs (with their children) of the connections ``conns`` (``noblock``);
+    ``ike_id``: only the one with that unique id."""
+    return _list(v, conns, timeout, noblock=True, ike_id=ike_id)
 
 
 def summary(sas: Sequence[IkeSa]) -> Sync:

@@ -178,9 +178,9 @@ def test_a_started_stateful_monitor_imports_no_typing(tmp_path, monkeypatch):
 
 def test_the_stateful_monitor_lists_the_sas_only_when_its_last_look_is_stale(tmp_path, monkeypatch):
     """Between two full looks (every SA listed, the digest taken) a monitor asks charon only how
-    many IKE_SAs it holds; an SA more or less, a new published value on a standby, a role change,
-    LOOK_EVERY seconds, a deep check or a probe each make it list again - and what a cheap look
-    reports is what the last full one saw."""
+    many IKE_SAs it holds and the state of one of them; an SA more or less, a new published value on
+    a standby, a role change, the segment changing hands, LOOK_EVERY seconds, a deep check or a
+    probe each make it list again - and what a cheap look reports is what the last full one saw."""
     from ipsec_vip import hasync
 
     charon = FakeCharon(tmp_path / "charon.vici")
@@ -200,10 +200,13 @@ def test_the_stateful_monitor_lists_the_sas_only_when_its_last_look_is_stale(tmp
                                        "spi-out": "d1"}}}
         charon.sas["rw"] = [copy]
 
+        def full_looks():  # list-sas of every SA, not the one sample's
+            return sum(1 for m in charon.sent("list-sas") if "ike-id" not in m)
+
         def lists(basis="p1", level=0, full=False):
-            before = len(charon.sent("list-sas"))
+            before = full_looks()
             status = hasync.check(params, "vpn", record, states, level, Deadline(10), basis, full=full)
-            return len(charon.sent("list-sas")) - before, status._replace(health=None)
+            return full_looks() - before, status._replace(health=None)
 
         listed, first = lists()
         assert listed == 1 and first.sync == Sync(0, 1, 1) and first.digest and not first.promoted
@@ -218,6 +221,11 @@ def test_the_stateful_monitor_lists_the_sas_only_when_its_last_look_is_stale(tmp
         now[0] += promotion.LOOK_EVERY
         assert lists(basis="p2")[0] == 1  # rekeys do not change the count: a full look now and then
         assert lists(basis="p2")[0] == 0
+        charon.sas["rw"][0] = {**copy, "state": "ESTABLISHED"}  # the segment taken here behind our back
+        listed, taken = lists(basis="p2")
+        assert listed == 1 and taken.sync == Sync(1, 1, 1)
+        charon.sas["rw"][0] = copy
+        assert lists(basis="p2")[0] == 1
         promotion.set_promoted(states, "vpn", True)
         with pytest.raises(hasync.FailedPromoted):  # listed again at once: the copies are PASSIVE here
             hasync.check(params, "vpn", record, states, 0, Deadline(10), "p2")

@@ -279,7 +279,8 @@ class FakeCharon(FakeServer):
             if self.pools.pop(m["name"], None) is None:
                 return [], {"success": "no", "errmsg": f"pool '{m['name']}' not found"}
         elif command == "list-sas":
-            return [("list-sa", {n: b}) for n, bodies in self.sas.items() for b in bodies], {}
+            return [("list-sa", {n: b}) for n, bodies in self.sas.items() for b in bodies
+                    if m.get("ike", n) == n and m.get("ike-id", b.get("uniqueid")) == b.get("uniqueid")], {}
         elif command == "redirect":
             matches = len(self._redirect_matches(m))
             if not matches:
