@@ -306,6 +306,9 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     sizes = results.get("sizes", [])
+    if not any(_med(_agent_row(results, agent, action, c)) is not None for agent in (OURS, SHELL, UPSTREAM)
+               for action in ("monitor", "start", "stop") for c in sizes):
+        return fleet_plots(results, out)  # agents not measured in this run: the last curves stay
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, action in zip(axes, ("monitor", "start", "stop")):
         for agent in (OURS, SHELL, UPSTREAM):

@@ -157,3 +157,10 @@ def test_fleet_pictures_are_drawn(tmp_path):
     drawn = report.fleet_plots(_results(fleet=_fleet()), tmp_path)
     assert drawn == ["fleet-gaps.png", "fleet-timeline.png"]
     assert all((tmp_path / name).stat().st_size > 1000 for name in drawn)
+
+
+def test_a_run_without_the_agents_keeps_their_last_picture(tmp_path):
+    """A fleet-only run (BENCH_SKIP=agents,...) draws the fleet and leaves latest.png as it was."""
+    (tmp_path / "latest.png").write_bytes(b"the last curves")
+    assert report.plots(_results(fleet=_fleet()), tmp_path) == ["fleet-gaps.png", "fleet-timeline.png"]
+    assert (tmp_path / "latest.png").read_bytes() == b"the last curves"
