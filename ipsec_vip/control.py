@@ -76,6 +76,19 @@ def _unreachable(uri: str) -> IpsecVipError:
     return ViciUnreachable(charon.explain_unreachable(uri))
 
 
+def keep_ike_whole(vici_uri: str) -> None:
+    """Enlarge the receive buffers of charon's IKE sockets (:func:`ipsec_vip.hasock.enlarge_ike`):
+    after a handoff or a takeover a fleet's datagrams arrive at once. Where the host does not
+    allow it, a warning: ``net.core.rmem_default`` does the same (docs/handoff.md)."""
+    from ipsec_vip import hasock
+
+    try:
+        hasock.enlarge_ike(hasock.charon_pid(vici_uri))
+    except hasock.SyncSocketError as e:
+        log.warning("%s: a fleet arriving at once may lose datagrams to charon's IKE sockets (set "
+                    "net.core.rmem_default = %d instead, docs/handoff.md)", e, hasock.IKE_RCVBUF)
+
+
 def start(params: Params, instance: str, states: StateDir, deadline: Deadline, *, vip_coming: bool = True) -> str:
     """Load the selection into charon; returns a one-line summary. Idempotent. The fallback
     connections are ended unless the VIP is neither here nor ``vip_coming`` (a watch daemon that
@@ -92,6 +105,7 @@ def start(params: Params, instance: str, states: StateDir, deadline: Deadline, *
             loaded = set(v.request("get-conns", timeout=deadline.left())["conns"])
         except ViciUnreachable:
             raise _unreachable(params.vici_socket) from None
+        keep_ike_whole(params.vici_socket)
         handoff.undrop(str(params.vip))  # a handoff's rule (stop ran here before): accept clients again
         record = states.read(instance)
         if record is not None and set(record.conns) <= loaded and set(selection.connections) <= loaded:

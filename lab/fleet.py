@@ -13,8 +13,7 @@ every address is added before the client charon starts (charon misses address ev
 otherwise); probes are bound to their client's virtual IP (unbound traffic would all leave
 as the newest client); a round trip counts only when the client's CHILD_SA counters moved
 both ways; the client charon's one UDP socket serves the whole fleet, so its receive buffer
-is enlarged (a real fleet has a socket per client) while the gateways keep the defaults the
-docs give them.
+is enlarged (a real fleet has a socket per client), as the agent enlarges the gateways' own.
 """
 
 from __future__ import annotations
@@ -244,8 +243,10 @@ class Fleet:
 
     def enlarge_client_buffers(self, size: int = 8 << 20) -> None:
         """The lab's one client charon stands for N machines with a socket each: give its
-        UDP sockets ``size`` receive buffers (the gateways keep what the docs give them)."""
-        enlarge_udp_buffers(self.charon.pid, size)
+        IKE sockets ``size`` receive buffers, as the agent gives the gateways'."""
+        from ipsec_vip import hasock
+
+        hasock.enlarge_ike(self.charon.pid, size)
 
     @staticmethod
     def server_route(srv_ns: str) -> None:
@@ -470,29 +471,6 @@ class Probe:
         self._thread.join(10)
         self.proc.kill()
         self.proc.wait()
-
-
-def enlarge_udp_buffers(pid: int, size: int) -> int:
-    """Give every UDP socket of process ``pid`` a ``size`` receive buffer, as the agent does
-    charon's ha socket (:mod:`ipsec_vip.hasock`); returns how many. Root only."""
-    import os
-    import socket
-
-    from ipsec_vip import hasock
-
-    inodes = set()
-    for table in ("udp", "udp6"):
-        with contextlib.suppress(OSError):
-            inodes |= {line.split()[9] for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]}
-    done = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if link.startswith("socket:[") and link[8:-1] in inodes:
-                with hasock.duplicate(pid, int(fd)) as s:
-                    s.setsockopt(socket.SOL_SOCKET, hasock.SO_RCVBUFFORCE, size)
-                done += 1
-    return done
 
 
 def duplicates(snap: dict[str, ClientSA]) -> list[str]:

@@ -74,13 +74,14 @@ def copies(lb: lab.Lab, gw: str) -> tuple[int, int, int]:
     return len(sas), len(ready), len({(s["initiator-spi"], s["responder-spi"]) for s in sas})
 
 
-def sync_socket(lb: lab.Lab, gw: str) -> tuple[int, int, int]:
-    """(receive buffer, bytes queued, drops) of the UDP 4510 socket in gw's namespace, read with
-    ``ss`` (the kernel's view, not the agent's code)."""
-    out = lab.in_ns(lb.ns(gw), "ss", "-uanmH", "sport", "=", ":4510").stdout
-    m = re.search(r"skmem:\(r(\d+),rb(\d+),.*,d(\d+)\)", out)
-    assert m, out
-    return int(m.group(2)), int(m.group(1)), int(m.group(3))
+def sync_socket(lb: lab.Lab, gw: str, port: int = 4510) -> tuple[int, int, int]:
+    """(receive buffer, bytes queued, drops) of the UDP socket on ``port`` in gw's namespace, read
+    with ``ss`` (the kernel's view, not the agent's code); with several (IPv4, IPv6), the smallest
+    buffer."""
+    out = lab.in_ns(lb.ns(gw), "ss", "-uanmH", "sport", "=", f":{port}").stdout
+    found = re.findall(r"skmem:\(r(\d+),rb(\d+),.*?,d(\d+)\)", out)
+    assert found, out
+    return min((int(rb), int(r), int(d)) for r, rb, d in found)
 
 
 def wait_copies(lb: lab.Lab, gw: str, n: int, timeout: float) -> tuple[int, int, int]:
@@ -111,10 +112,14 @@ class PeakQueue(threading.Thread):
             time.sleep(0.002)
 
 
-def test_start_gives_the_sync_socket_8_mib_on_both_nodes(fleet):
+def test_start_gives_the_sync_and_ike_sockets_their_buffers_on_both_nodes(fleet):
+    """32 MiB for the sync socket, 8 MiB for each IKE socket (a fleet's retries arrive at once)."""
     for gw in ("gw1", "gw2"):
         rcvbuf, _, _ = sync_socket(fleet["lab"], gw)
         assert rcvbuf >= 8 * 1024 * 1024, (gw, rcvbuf)
+        for port in (500, 4500):
+            rcvbuf, _, _ = sync_socket(fleet["lab"], gw, port)
+            assert rcvbuf >= 8 * 1024 * 1024, (gw, port, rcvbuf)
 
 
 def test_first_sync_of_the_fleet_leaves_every_copy(fleet):
