@@ -148,7 +148,10 @@ def start(env: ocf.Env) -> int:
 
         states, deadline = StateDir(), _deadline(env)
         log.info("%s", hasync.start(params, env.instance, states, deadline))
-        _standing(env, states, deadline).started(hasync.sync_drops(params.vici_socket))
+        # without notifications nobody tells the promoted node that this instance started: it
+        # asks for the resync itself (the promoted node's next monitor answers); with them the
+        # post-start notify resends, and a request too would sync every SA twice (5.9.8: two copies)
+        _standing(env, states, deadline).started(hasync.sync_drops(params.vici_socket), ask=not env.notified)
     else:
         log.info("%s", control.start(params, env.instance, StateDir(), _deadline(env)))
     return OCF_SUCCESS
@@ -176,8 +179,9 @@ def promote(env: ocf.Env) -> int:
 
     _need_promotable(env)
     states, deadline = StateDir(), _deadline(env)
-    log.info("%s", hasync.promote(_params(env), env.instance, states, deadline))
-    _standing(env, states, deadline).promoted()
+    done, held = hasync.promote(_params(env), env.instance, states, deadline)
+    log.info("%s", done)
+    _standing(env, states, deadline).promoted(held)
     return OCF_SUCCESS
 
 
@@ -197,7 +201,8 @@ def demote(env: ocf.Env) -> int:
 
 
 def notify(env: ocf.Env) -> int:
-    """Post-start: the promoted instance resends its state to a peer that just started."""
+    """Post-start: the promoted instance resends its state to a peer that just started (clones
+    created with notify=true; without, the starting instance asks through an attribute)."""
     from ipsec_vip import hasync
 
     if not env.promotable or (env.meta.get("notify_type"), env.meta.get("notify_operation")) != ("post", "start"):

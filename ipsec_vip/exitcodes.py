@@ -27,7 +27,8 @@ AGENT: dict[str, tuple[tuple[int, str], ...]] = {
                 (3, "the resource is a primitive, not a promotable clone")),
     "demote": ((0, "stateful mode: segment dropped here, our SAs kept as passive copies, no DELETE sent"),
                (3, "the resource is a primitive, not a promotable clone")),
-    "notify": ((0, "always; post-start on the promoted node: our state resent to the peer that started"),),
+    "notify": ((0, "always; post-start on the promoted node: our state resent to the peer that started (only "
+                   "clones created with `notify=true`; without, the starting instance asks for it)"),),
     "validate-all": ((0, "valid"),
                      (4, "level 10: the state directory under HA_RSCTMP is unsafe or unusable"),
                      (5, "level 10: charon not installed, or not answering on vici_socket"),

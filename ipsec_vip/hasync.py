@@ -211,9 +211,10 @@ def keep_sync_whole(vici_uri: str) -> str:
     return f"ha sync socket receive buffer {sock.rcvbuf} bytes ({sock.drops} drops so far); "
 
 
-def promote(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
+def promote(params: Params, instance: str, states: StateDir, deadline: Deadline) -> tuple[str, int]:
     """Take the segment here, then rekey every synced CHILD_SA of ours (ESP sequence numbers
-    are not synced). Refused, with nothing changed, where the VIP is not held."""
+    are not synced); returns what was done and how many IKE_SAs were taken over. Refused, with
+    nothing changed, where the VIP is not held."""
     if not vipmod.held(params.vip, params.interface):
         raise IpsecVipError(f"this node does not hold VIP {params.vip}: not promoted, nothing changed "
                             "(order the VIP's start before the promote)")
@@ -236,7 +237,7 @@ def promote(params: Params, instance: str, states: StateDir, deadline: Deadline)
             finally:
                 admit_new_clients(str(params.vip), True)  # the pools serve here now
     return (f"segment {SEGMENT} active here: {len(seen)} synced IKE_SA(s), rekey of {queued} CHILD_SA(s) queued "
-            f"in {time.monotonic() - t0:.2f}s")
+            f"in {time.monotonic() - t0:.2f}s"), len(seen)
 
 
 def demote(params: Params | None, instance: str, states: StateDir, deadline: Deadline,

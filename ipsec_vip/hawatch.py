@@ -316,7 +316,7 @@ class StatefulWatcher(Watcher):
             if self._want and peer is not None and peer.active:
                 log.warning("taking over VIP %s before the peer resent its state: its clients' SAs are not "
                             "here (they recover by their own means)", self.params.vip)
-            log.info("%s", hasync.promote(self.params, self.instance, self.states, deadline))
+            log.info("%s", hasync.promote(self.params, self.instance, self.states, deadline)[0])
             self._since, self._yielded, self._want, self._taken, self._look_at = time.time(), False, False, False, 0.0
         elif action == "demote":
             log.info("%s", hasync.demote(self.params, self.instance, self.states, deadline))

@@ -76,6 +76,12 @@ class Env(NamedTuple):
         return bool(crm_boolean(self.meta.get("promotable"))) or any(
             self.meta.get(k) for k in ("promoted_max", "master_max"))
 
+    @property
+    def notified(self) -> bool:
+        """The clone was created with ``notify=true``: Pacemaker runs the agent's notify action
+        around each start, stop, promote and demote (and hands ``notify`` to every action)."""
+        return bool(crm_boolean(self.meta.get("notify")))
+
 
 def _int(text: str | None, default: int) -> int:
     try:

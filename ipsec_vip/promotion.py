@@ -282,16 +282,32 @@ class Standing:
             self._published = (self.attributes.peer_digest(self.node) if self.node else None,)
         return self._published[0] or ""
 
-    def started(self, drops: int | None = None) -> None:
-        """``drops``: the sync socket's drop count now, the baseline a later loss is seen against."""
-        self._forget_repairs()
+    def started(self, drops: int | None = None, ask: bool = False) -> None:
+        """``drops``: the sync socket's drop count now, the baseline a later loss is seen against.
+        ``ask``: this instance, started empty with its connections loaded, asks the promoted node
+        for a resync (its next monitor answers; a node promoted later answers it too, unless it
+        took nothing over). Not a repair: the repairs in a row start from zero."""
+        if ask and self.node:
+            for mark in (REPAIRS, EPISODE):
+                self.states.set_mark(self.instance, mark, None)
+            self._ask_resync()
+        else:
+            self._forget_repairs()
         self.states.set_mark(self.instance, SYNC_DROPS, None if drops is None else str(drops))
         keep_look(self.states, self.instance, None)
         self._score(SCORE_EMPTY)
 
-    def promoted(self) -> None:
+    def promoted(self, held: int) -> None:
+        """``held``: the IKE_SAs this node took over. None: every SA from now on reaches a started
+        standby by the live sync, so a request it made before this promote is owed nothing (a
+        ``*1`` would give a copy twice of any SA synced before it)."""
         self._forget_repairs()
         keep_look(self.states, self.instance, None)
+        if held == 0 and self.node:
+            token = self.attributes.resync_request(self.node)
+            if token:
+                self.served(token)
+                log.info("a standby's resync request (%s) needs nothing resent: this node took over no SA", token)
         self._score(SCORE_PROMOTED)
 
     def demoted(self) -> None:
@@ -357,17 +373,19 @@ class Standing:
 
     def repaired(self, drops: int | None) -> None:
         """After the standby destroyed its copies: ask the promoted node for a resync."""
-        import time
-
         repairs = int(self.states.mark(self.instance, REPAIRS) or 0) + 1
-        token = f"{time.time():.3f}"
-        self.attributes.ask_resync(token)
-        self.states.set_mark(self.instance, ASKED, token)
+        self._ask_resync()
         self.states.set_mark(self.instance, REPAIRS, str(repairs))
         self.states.set_mark(self.instance, EPISODE, None)
         self.states.set_mark(self.instance, UNSYNCED, None)  # the resync gets its OUT_OF_SYNC_AFTER too
         keep_look(self.states, self.instance, None)  # the copies were just destroyed
         self.states.set_mark(self.instance, SYNC_DROPS, None if drops is None else str(drops))
+
+    def _ask_resync(self) -> None:
+        """A fresh request (the promoted node answers each token once), remembered to withdraw."""
+        token = f"{time.time():.3f}"
+        self.attributes.ask_resync(token)
+        self.states.set_mark(self.instance, ASKED, token)
 
     def served(self, token: str) -> None:
         self.states.set_mark(self.instance, SERVED, token)

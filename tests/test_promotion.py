@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from ipsec_vip import agent, control, promotion
+from ipsec_vip import agent, control, ocf, promotion
 from ipsec_vip import vip as vipmod
 from ipsec_vip.action import Deadline
 from ipsec_vip.params import Params
 from ipsec_vip.runner import Result
 from ipsec_vip.sas import Child, IkeSa, Sync
 from ipsec_vip.state import StateDir
-from lab.core import GATEWAY_CONF
+from lab.core import GATEWAY_CONF, STATEFUL_GATEWAY_CONF
 from tests.vici_fakes import FakeCharon
 
 VIP = "192.0.2.199"
@@ -310,3 +310,96 @@ def test_published_values_from_older_agents_still_compare():
     assert promotion.parse_published("12:abc") == promotion.Published(12, "abc")
     assert promotion.parse_published("abc") == promotion.Published(None, "abc")
     assert promotion.parse_published("") is None
+
+
+@pytest.fixture
+def recording_attrd(tmp_path, monkeypatch):
+    """crm_attribute and attrd_updater that answer at once with nothing, run by the project's
+    runner; each call leaves its argv in ``calls``."""
+    calls = tmp_path / "calls"
+    calls.touch()
+    for name in ("crm_attribute", "attrd_updater"):
+        tool = tmp_path / name
+        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n')
+        tool.chmod(0o755)
+        monkeypatch.setattr(promotion, name.upper(), str(tool))
+    return calls
+
+
+@pytest.mark.parametrize("notify", [None, "false", "true"])
+def test_a_stateful_start_asks_for_a_resync_only_without_notifications(tmp_path, monkeypatch, recording_attrd,
+                                                                       notify):
+    """A clone without notify=true: nobody tells the promoted node that this instance started, so
+    its start asks for the resync itself (a fresh token in the resync attribute) - not as a
+    repair. With notify=true the post-start notify resends and start must not ask too: 5.9.8
+    would hold two copies of every SA."""
+    from ipsec_vip import hasync
+
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(STATEFUL_GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40})
+    conf.chmod(0o600)
+    monkeypatch.setattr(hasync, "start", lambda params, instance, states, deadline: "loaded")
+    monkeypatch.setattr(hasync, "sync_drops", lambda uri: 0)
+    monkeypatch.setenv("HA_RSCTMP", str(tmp_path / "rsc"))
+    environ = {"OCF_RESOURCE_INSTANCE": "vpn:1", "OCF_RESKEY_vip": VIP, "OCF_RESKEY_config": str(conf),
+               "OCF_RESKEY_CRM_meta_promotable": "true", "OCF_RESKEY_CRM_meta_on_node": "gw2",
+               **({"OCF_RESKEY_CRM_meta_notify": notify} if notify else {})}
+    env = ocf.Env.from_environ(["strongswan", "start"], environ)
+    assert agent.start(env) == 0
+    states = StateDir(str(tmp_path / "rsc"))
+    asks = [c for c in recording_attrd.read_text().splitlines() if "ipsec-vip-resync-vpn" in c]
+    if notify == "true":
+        assert asks == [] and states.mark("vpn:1", promotion.ASKED) is None
+    else:
+        token = states.mark("vpn:1", promotion.ASKED)
+        assert token and asks == [f"attrd_updater -n ipsec-vip-resync-vpn -U {token} -p"]
+    standing = promotion.Standing("vpn:1", states, "gw2", Deadline(5))
+    assert standing.repairs() == 0 and standing.should_repair("x", drops=0) is False
+    assert "crm_attribute --promotion=vpn -q -v 5" in recording_attrd.read_text().splitlines()
+
+
+def test_a_start_request_is_answered_once_and_not_counted_as_a_repair(tmp_path, monkeypatch):
+    """The standby that started asks; the promoted node's next monitor answers with one resync; the
+    standby in sync withdraws the request, with no repair counted. A node promoted after the
+    request that took over no SA (a fresh cluster) owes it nothing: every SA since reached the
+    standby by the live sync, and a ``*1`` would give each a second copy; one that took SAs over
+    (the standby restarted while nothing was promoted) answers it."""
+    now = [1000.0]
+    monkeypatch.setattr(promotion.time, "time", lambda: now[0])
+    attrd = Attrd()
+    one, two = StateDir(str(tmp_path / "gw1")), StateDir(str(tmp_path / "gw2"))
+    active = promotion.Standing("vpn:0", one, "gw1", Deadline(30), attrd.node("gw1"))
+    standby = promotion.Standing("vpn:1", two, "gw2", Deadline(30), attrd.node("gw2"))
+
+    # a fresh cluster: both start and ask, one is promoted holding nothing
+    active.started(drops=0, ask=True)
+    standby.started(drops=0, ask=True)
+    now[0] += 1
+    active.promoted(held=0)
+    assert ("ipsec-vip-resync-vpn", "gw1") not in attrd.values  # its own request withdrawn
+    assert active.monitored(True, Sync(2, 0, 0), "ddd").resync_for == ""  # clients came since: synced live
+    v = standby.monitored(False, Sync(0, 2, 2), "ddd")
+    assert v.synced_again and standby.repairs() == 0
+    assert ("ipsec-vip-resync-vpn", "gw2") not in attrd.values
+
+    # the standby restarted while nothing was promoted; the node promoted next took SAs over
+    active.demoted()
+    standby.stopped()
+    standby.started(drops=0, ask=True)
+    token = attrd.values[("ipsec-vip-resync-vpn", "gw2")]
+    now[0] += 1
+    active.promoted(held=2)
+    assert active.monitored(True, Sync(2, 0, 0), "ddd").resync_for == token
+    active.served(token)
+    assert active.monitored(True, Sync(2, 0, 0), "ddd").resync_for == ""  # once
+
+    # an unstandby: the standby starts while the peer is promoted
+    standby.stopped()
+    now[0] += 1
+    standby.started(drops=0, ask=True)
+    token = attrd.values[("ipsec-vip-resync-vpn", "gw2")]
+    assert standby.monitored(False, Sync(0, 0, 0), "empty").peer == promotion.Published(2, "ddd")
+    assert active.monitored(True, Sync(2, 0, 0), "ddd").resync_for == token
+    active.served(token)
+    v = standby.monitored(False, Sync(0, 2, 2), "ddd")
+    assert v.synced_again and standby.repairs() == 0 and ("ipsec-vip-resync-vpn", "gw2") not in attrd.values
