@@ -606,12 +606,13 @@ commit
 
 # --------------------------------------------------------------------------- stateful mode
 def pcs_stateful_commands(conf: str, cib: str) -> list[list[str]]:
-    """docs/stateful.md's pcs recipe: the agent as a promotable clone with notifications, the
-    VIP placed with the Promoted instance, started before the promote and stopped after the
-    demote (the rekeys need it as their source address). The lab's back VIP (the server's
-    route) is ordered the same way, on its own: unordered, a move took it to the new node
-    before the promote and the server's replies met the new node's stale ESP sequence numbers
-    (0.8 s of silence); in a group with the VIP it would start in series. Built in a CIB file ``cib`` and pushed
+    """docs/stateful.md's pcs recipe: the agent as a promotable clone without notifications (a
+    starting instance asks for its resync through an attribute), the VIP placed with the
+    Promoted instance, started before the promote and stopped after the demote (the rekeys
+    need it as their source address). The lab's back VIP (the server's route) is ordered the
+    same way, on its own: unordered, a move took it to the new node before the promote and the
+    server's replies met the new node's stale ESP sequence numbers (0.8 s of silence); in a
+    group with the VIP it would start in series. Built in a CIB file ``cib`` and pushed
     at once: created one by one, the clone would be promoted before the VIP and its
     constraints exist (promote refuses without the VIP)."""
     f = ["pcs", "-f", cib]
@@ -620,7 +621,7 @@ def pcs_stateful_commands(conf: str, cib: str) -> list[list[str]]:
         [*f, "resource", "create", "vpn", "ocf:ipsec-vip:strongswan", f"vip={lab.VIP}", f"config={conf}",
          "op", "monitor", "interval=2s", "role=Unpromoted", "timeout=20s",
          "op", "monitor", "interval=3s", "role=Promoted", "timeout=20s",
-         "promotable", "notify=true"],
+         "promotable"],
         [*f, "resource", "create", "vpn-vip", "ocf:heartbeat:IPaddr2", f"ip={lab.VIP}", "cidr_netmask=24",
          "nic=eth0", "op", "monitor", "interval=2s"],
         [*f, "constraint", "colocation", "add", "vpn-vip", "with", "Promoted", "vpn-clone", "INFINITY"],
@@ -639,7 +640,7 @@ def crm_stateful_configure(conf: str) -> str:
     params vip={lab.VIP} config={conf} \\
     op monitor interval=2s role=Unpromoted timeout=20s \\
     op monitor interval=3s role=Promoted timeout=20s
-clone vpn-clone vpn meta promotable=true notify=true
+clone vpn-clone vpn meta promotable=true
 primitive vpn-vip ocf:heartbeat:IPaddr2 params ip={lab.VIP} cidr_netmask=24 nic=eth0 op monitor interval=2s
 primitive vpn-backvip ocf:heartbeat:IPaddr2 params ip={lab.BACK_VIP} cidr_netmask=24 nic=eth1 \\
     op monitor interval=2s

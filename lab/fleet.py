@@ -752,7 +752,7 @@ class FleetLab:
                    f"OCF_RESKEY_config={self.c.work / 'swanctl.conf'}", f"OCF_RESKEY_CRM_meta_interval={interval}",
                    "OCF_RESKEY_CRM_meta_timeout=20000", f"OCF_RESKEY_CRM_meta_on_node={name}"]
             if self.stateful:
-                env += ["OCF_RESKEY_CRM_meta_promotable=true", "OCF_RESKEY_CRM_meta_notify=true"]
+                env += ["OCF_RESKEY_CRM_meta_promotable=true"]
             timed = {}
             for key, level in (("median_ms", "0"), ("full_ms", "10")):
                 p = node.on("env", "-i", *env, f"OCF_CHECK_LEVEL={level}", sys.executable, "-c", _TIME_MONITOR,
