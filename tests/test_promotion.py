@@ -97,17 +97,23 @@ def test_an_attribute_draws_from_the_deadline_and_is_skipped_without_time():
     assert 2.0 < runner.timeout <= 3.0  # what is left of the action's time, not a fixed 10 s
 
 
-@pytest.fixture
-def hanging_attrd(tmp_path, monkeypatch):
-    """crm_attribute and attrd_updater that never answer (attrd hung), run by the project's runner;
-    each call leaves its argv in ``calls``."""
+def fake_attrd_tools(tmp_path, monkeypatch, then: str = ""):
+    """crm_attribute and attrd_updater that print nothing and run ``then``, run by the project's
+    runner; each call leaves its argv in the returned file."""
     calls = tmp_path / "calls"
+    calls.touch()
     for name in ("crm_attribute", "attrd_updater"):
         tool = tmp_path / name
-        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\nexec sleep 600\n')
+        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n{then}\n')
         tool.chmod(0o755)
         monkeypatch.setattr(promotion, name.upper(), str(tool))
     return calls
+
+
+@pytest.fixture
+def hanging_attrd(tmp_path, monkeypatch):
+    """crm_attribute and attrd_updater that never answer (attrd hung)."""
+    return fake_attrd_tools(tmp_path, monkeypatch, then="exec sleep 600")
 
 
 def test_stateful_stop_without_attrd_unloads_within_its_timeout(tmp_path, monkeypatch, capsys, hanging_attrd):
@@ -263,6 +269,14 @@ class Attrd:
         return Runner()
 
 
+def pair(tmp_path) -> tuple[Attrd, promotion.Standing, promotion.Standing]:
+    """One attrd, and the standings of gw1's and gw2's instances in it."""
+    attrd = Attrd()
+    active = promotion.Standing("vpn:0", StateDir(str(tmp_path / "gw1")), "gw1", Deadline(30), attrd.node("gw1"))
+    standby = promotion.Standing("vpn:1", StateDir(str(tmp_path / "gw2")), "gw2", Deadline(30), attrd.node("gw2"))
+    return attrd, active, standby
+
+
 def test_an_out_of_sync_standby_is_repaired_only_where_a_resync_can_work(tmp_path, monkeypatch):
     """The standby whose copies differ for long keeps a lower score and is never failed; it asks
     for a resync (the promoted node answers once per request) only when its sync socket dropped
@@ -270,10 +284,7 @@ def test_an_out_of_sync_standby_is_repaired_only_where_a_resync_can_work(tmp_pat
     it withdraws the request and its score comes back."""
     now = [1000.0]
     monkeypatch.setattr(promotion.time, "time", lambda: now[0])
-    attrd = Attrd()
-    one, two = StateDir(str(tmp_path / "gw1")), StateDir(str(tmp_path / "gw2"))
-    active = promotion.Standing("vpn:0", one, "gw1", Deadline(30), attrd.node("gw1"))
-    standby = promotion.Standing("vpn:1", two, "gw2", Deadline(30), attrd.node("gw2"))
+    attrd, active, standby = pair(tmp_path)
     standby.started(drops=0)
     assert active.monitored(True, Sync(3, 0, 0), "ddd") == promotion.Verdict()
     assert attrd.values[("ipsec-vip-sync-vpn", "gw1")] == "3:ddd"
@@ -314,16 +325,8 @@ def test_published_values_from_older_agents_still_compare():
 
 @pytest.fixture
 def recording_attrd(tmp_path, monkeypatch):
-    """crm_attribute and attrd_updater that answer at once with nothing, run by the project's
-    runner; each call leaves its argv in ``calls``."""
-    calls = tmp_path / "calls"
-    calls.touch()
-    for name in ("crm_attribute", "attrd_updater"):
-        tool = tmp_path / name
-        tool.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n')
-        tool.chmod(0o755)
-        monkeypatch.setattr(promotion, name.upper(), str(tool))
-    return calls
+    """crm_attribute and attrd_updater that answer at once with nothing."""
+    return fake_attrd_tools(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("notify", [None, "false", "true"])
@@ -366,10 +369,7 @@ def test_a_start_request_is_answered_once_and_not_counted_as_a_repair(tmp_path, 
     (the standby restarted while nothing was promoted) answers it."""
     now = [1000.0]
     monkeypatch.setattr(promotion.time, "time", lambda: now[0])
-    attrd = Attrd()
-    one, two = StateDir(str(tmp_path / "gw1")), StateDir(str(tmp_path / "gw2"))
-    active = promotion.Standing("vpn:0", one, "gw1", Deadline(30), attrd.node("gw1"))
-    standby = promotion.Standing("vpn:1", two, "gw2", Deadline(30), attrd.node("gw2"))
+    attrd, active, standby = pair(tmp_path)
 
     # a fresh cluster: both start and ask, one is promoted holding nothing
     active.started(drops=0, ask=True)
