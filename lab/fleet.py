@@ -41,6 +41,9 @@ FLEET_LAN_IP = "192.0.2.60"
 FLEET_NET = "198.18.0.0/15"
 FLEET_FIRST = ipaddress.ip_address("198.18.0.10")
 FLEET_POOL = "10.99.0.0/18"  # a private range, room for 16382 leases
+# The one client charon holds the whole fleet (a real client holds one IKE_SA): its IKE_SA table
+# gets the rows and locks that many SAs need (charon's default is one row behind one lock).
+CLIENT_CHARON_SETTINGS = "  ikesa_table_size = 4096\n  ikesa_table_segments = 16"
 PSK = "fleet-lab-psk-Xr8vN2qK6tM4wZ9yB3cF7hJ5"
 SERVER_ID = "vpn.example.com"
 CHILD = "home"
@@ -236,7 +239,7 @@ class Fleet:
         batch += ["link set eth0 up"]
         (work / "fleet-addrs.batch").write_text("\n".join(batch) + "\n")
         lab.run(lab.IP, "-n", ns, "-batch", str(work / "fleet-addrs.batch"), timeout=120)
-        charon = lab.Charon.start("fleet", netns=ns)
+        charon = lab.Charon.start("fleet", netns=ns, extra=CLIENT_CHARON_SETTINGS)
         fleet = cls(ns, charon, work, size, spare, vip)
         fleet.enlarge_client_buffers()
         return fleet
