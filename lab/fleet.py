@@ -41,9 +41,11 @@ FLEET_LAN_IP = "192.0.2.60"
 FLEET_NET = "198.18.0.0/15"
 FLEET_FIRST = ipaddress.ip_address("198.18.0.10")
 FLEET_POOL = "10.99.0.0/18"  # a private range, room for 16382 leases
-# The one client charon holds the whole fleet (a real client holds one IKE_SA): its IKE_SA table
-# gets the rows and locks that many SAs need (charon's default is one row behind one lock).
-CLIENT_CHARON_SETTINGS = "  ikesa_table_size = 4096\n  ikesa_table_segments = 16"
+# What docs/fleet.md gives the gateways of a fleet (charon's default IKE_SA table is one row behind
+# one lock: at about 3000 SAs every lookup walked them all, charon left VICI unanswered for 10 s,
+# the monitor failed and Pacemaker's recovery dropped the fleet). The one client charon, which
+# holds the whole fleet, gets the same.
+FLEET_CHARON_SETTINGS = "ikesa_table_size = 4096\nikesa_table_segments = 16"
 PSK = "fleet-lab-psk-Xr8vN2qK6tM4wZ9yB3cF7hJ5"
 SERVER_ID = "vpn.example.com"
 CHILD = "home"
@@ -239,7 +241,8 @@ class Fleet:
         batch += ["link set eth0 up"]
         (work / "fleet-addrs.batch").write_text("\n".join(batch) + "\n")
         lab.run(lab.IP, "-n", ns, "-batch", str(work / "fleet-addrs.batch"), timeout=120)
-        charon = lab.Charon.start("fleet", netns=ns, extra=CLIENT_CHARON_SETTINGS)
+        charon = lab.Charon.start("fleet", netns=ns, extra="".join(
+            f"  {line}\n" for line in FLEET_CHARON_SETTINGS.splitlines()))
         fleet = cls(ns, charon, work, size, spare, vip)
         fleet.enlarge_client_buffers()
         return fleet
@@ -598,8 +601,9 @@ class FleetLab:
     setup: dict[str, Any] = field(default_factory=dict)  # connect and sync time, charon memory per SA
 
     @classmethod
-    def build(cls, n: int, stateful: bool, spare: int = 40, log: Any = print, charon_settings: str = "") -> FleetLab:
-        """``charon_settings``: extra charon options for both gateways (:func:`lab.cluster.gateway_strongswan`)."""
+    def build(cls, n: int, stateful: bool, spare: int = 40, log: Any = print,
+              charon_settings: str = FLEET_CHARON_SETTINGS) -> FleetLab:
+        """``charon_settings``: charon options for both gateways (:func:`lab.cluster.gateway_strongswan`)."""
         c = cluster.Cluster.build(("gw1", "gw2"), ha=stateful, ha_pool=FLEET_POOL, charon_settings=charon_settings)
         try:
             conf = c.work / "swanctl.conf"
