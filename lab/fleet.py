@@ -23,6 +23,7 @@ import datetime
 import ipaddress
 import math
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -410,8 +411,13 @@ class Fleet:
         return Probe(self, [client_name(i) for i in self.sample()])
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
+        """The client charon stopped (killed if it will not stop) and its directory removed."""
+        try:
             self.charon.stop()
+        except Exception:  # a charon slow to die with thousands of SAs: kill it, leave nothing behind
+            with contextlib.suppress(Exception):
+                self.charon.kill()
+            shutil.rmtree(self.charon.base, ignore_errors=True)
 
 
 class Probe:
