@@ -46,6 +46,7 @@ from ipsec_vip.errors import (
     FailedPromoted,
     IpsecVipError,
     NotInstalledError,
+    ViciError,
     ViciUnreachable,
 )
 from ipsec_vip.log import log
@@ -270,9 +271,12 @@ def _demote(params: Params | None, instance: str, states: StateDir, deadline: De
         promotion.set_promoted(states, instance, False)
         return "charon is not running: nothing to demote"
     active = [s for s in seen if not s.passive]
-    if active:
-        raise IpsecVipError(f"segment dropped but {len(active)} IKE_SA(s) are still active here")
-    return f"segment {SEGMENT} dropped: {len(seen)} IKE_SA(s) kept as passive copies ({dropped} stale children removed)"
+    if active:  # clients arriving while the segment moved (seen at 10,000): not worth a failed demote or stop,
+        # which Pacemaker answers with a recovery (or, for a stop, fencing); the VIP leaves with the demote
+        log.warning("segment %s dropped but %d IKE_SA(s) are still active here (clients connecting while it "
+                    "moved); left to charon", SEGMENT, len(active))
+    return (f"segment {SEGMENT} dropped: {len(seen) - len(active)} IKE_SA(s) kept as passive copies ({dropped} "
+            "stale children removed)")
 
 
 def stop(params: Params | None, instance: str, states: StateDir, deadline: Deadline) -> str:
@@ -362,12 +366,32 @@ def resync_peer(params: Params, instance: str, states: StateDir, deadline: Deadl
     return f"resync of {len(seen)} IKE_SA(s) sent to the peer"
 
 
+def _full_look(v: Vici, conns: Sequence[str], last: promotion.Look | None, promoted: bool, total: int, basis: str,
+               deadline: Deadline) -> promotion.Look:
+    """Every SA of ours listed (with all the action's time left), the digest taken. A charon too
+    busy to list them in time (a resync and a connect storm at 3000 SAs took more than 10 s) but
+    answering the health check is not a failed monitor: the last look stands, with a warning."""
+    try:
+        seen = sas.ours(v, conns, deadline.left(cap=3600))
+    except ViciError as e:
+        if last is None or last.promoted != promoted:
+            raise
+        log.warning("%s: the last look at our SAs (%.0fs old) stands", e, time.time() - last.at)
+        return last
+    return promotion.Look(time.time(), promoted, total, basis, sas.summary(seen),
+                          promotion.digest([s for s in seen if s.passive != promoted]),
+                          f"{seen[0].uniqueid}:{seen[0].state}" if seen else "")
+
+
 def _witness(v: Vici, conns: Sequence[str], sample: str, deadline: Deadline) -> str:
-    """The sample SA of the last look as it is now, "uniqueid:state" ("" none, or gone)."""
+    """The sample SA of the last look as it is now, "uniqueid:state" ("" none, or gone; "?" not told)."""
     uniqueid = sample.partition(":")[0]
     if not uniqueid:
         return ""
-    now = sas.ours(v, conns, deadline.left(), ike_id=uniqueid)
+    try:
+        now = sas.ours(v, conns, deadline.left(), ike_id=uniqueid)
+    except ViciError:  # not told: a full look decides (or its fallback)
+        return "?"
     return f"{now[0].uniqueid}:{now[0].state}" if now else ""
 
 
@@ -406,10 +430,7 @@ def check(params: Params, instance: str, record: Record, states: StateDir, level
         look = promotion.last_look(states, instance)
         if full or level >= 10 or look is None or not promotion.look_stands(
                 look, promoted, total, basis, _witness(v, record.conns, look.sample, deadline), time.time()):
-            seen = sas.ours(v, record.conns, deadline.left())
-            look = promotion.Look(time.time(), promoted, total, basis, sas.summary(seen),
-                                  promotion.digest([s for s in seen if s.passive != promoted]),
-                                  f"{seen[0].uniqueid}:{seen[0].state}" if seen else "")
+            look = _full_look(v, record.conns, look, promoted, total, basis, deadline)
             promotion.keep_look(states, instance, look)
     if promoted:
         if not vipmod.held(params.vip, interface):

@@ -48,7 +48,7 @@ MIN_LEFT = 0.5  # seconds: with less left, an attribute is skipped
 
 PROMOTED = "promoted"  # the state-dir mark of a promoted instance
 SCORE = "score"  # the state-dir mark caching the promotion score last set
-UNSYNCED = "unsynced"  # the state-dir mark: since when (time.time()) the standby's copies differ
+UNSYNCED = "unsynced"  # the state-dir mark: since when (time.time()) the standby's copies differ (in_sync)
 DIGEST = "digest"  # the state-dir mark: the digest the promoted node published last
 OUT_OF_SYNC_AFTER = 15.0  # seconds a difference must last (a sync, or the next publish, takes a moment)
 REPAIRS, EPISODE, SYNC_DROPS = "repairs", "episode", "sync-drops"  # a standby's repair (above)
@@ -98,20 +98,38 @@ def digest(sas: Sequence[IkeSa]) -> str:
 
 
 def in_sync(states: StateDir, instance: str, mine: str, peer: str | None) -> bool:
-    """Compare the standby's copies with the promoted node's digest; a difference lasting
-    OUT_OF_SYNC_AFTER seconds means the standby missed syncs (link down, peer's plugin gone)."""
+    """Compare the standby's copies with the promoted node's digest. A difference means the
+    standby missed syncs (link down, peer's plugin gone, datagrams lost) only when it lasts
+    OUT_OF_SYNC_AFTER seconds and is not churn: the two digests are snapshots taken up to a
+    monitor interval apart, so while clients connect, leave or rekey they differ although every
+    sync arrives. So the verdict needs the promoted node's digest to have stayed the same (a
+    quiet fleet: a real difference), or this node's copies not to have changed at all while it
+    moved (no sync arriving). Both moving is churn with the sync alive: the clock starts again.
+    (A 10,000-client connect storm was judged out of sync, repaired and resynced without it.)"""
     if peer is None or peer == mine:
         states.set_mark(instance, UNSYNCED, None)
         return True
-    since = states.mark(instance, UNSYNCED)
+    now = time.time()
+    fields = (states.mark(instance, UNSYNCED) or "").split(" ")
     try:
-        first = float(since) if since else None
+        since, first_peer, first_mine = float(fields[0]), fields[1], fields[2]
+        peer_moved, mine_moved = fields[3] == "1", fields[4] == "1"
+    except (ValueError, IndexError):  # none yet (or an older agent's mark): the difference starts now
+        since, first_peer, first_mine, peer_moved, mine_moved = now, peer, mine, False, False
+    peer_moved = peer_moved or peer != first_peer
+    mine_moved = mine_moved or mine != first_mine
+    if peer_moved and mine_moved:  # churn, the sync arriving: start again from these two
+        since, first_peer, first_mine, peer_moved, mine_moved = now, peer, mine, False, False
+    states.set_mark(instance, UNSYNCED, f"{since!r} {first_peer} {first_mine} {int(peer_moved)} {int(mine_moved)}")
+    return now - since < OUT_OF_SYNC_AFTER
+
+
+def unsynced_since(states: StateDir, instance: str) -> float | None:
+    """Since when (time.time()) this standby's copies have differed from the promoted node's, or None."""
+    try:
+        return float((states.mark(instance, UNSYNCED) or "").split(" ")[0])
     except ValueError:
-        first = None
-    if first is None:
-        states.set_mark(instance, UNSYNCED, repr(time.time()))
-        return True
-    return time.time() - first < OUT_OF_SYNC_AFTER
+        return None
 
 
 class Look(NamedTuple):

@@ -244,8 +244,8 @@ def _standing(instance: str, timeout: float) -> dict[str, Any]:
         published = promotion.parse_published(promotion.Attributes(instance, Deadline(timeout)).peer_digest(""))
         out["promoted_ike_sas"] = published.sas if published else None
     states = StateDir()
-    since = states.mark(instance, promotion.UNSYNCED)
-    out["out_of_sync_since"] = _int(float(since)) if since else None
+    since = promotion.unsynced_since(states, instance)
+    out["out_of_sync_since"] = _int(since) if since is not None else None
     out["repairs"] = int(states.mark(instance, promotion.REPAIRS) or 0)
     return out
 

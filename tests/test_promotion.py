@@ -14,6 +14,7 @@ import pytest
 from ipsec_vip import agent, control, ocf, promotion
 from ipsec_vip import vip as vipmod
 from ipsec_vip.action import Deadline
+from ipsec_vip.errors import ViciError
 from ipsec_vip.params import Params
 from ipsec_vip.runner import Result
 from ipsec_vip.sas import Child, IkeSa, Sync
@@ -46,6 +47,24 @@ def test_a_standby_is_out_of_sync_only_when_the_difference_lasts(tmp_path, monke
     assert promotion.in_sync(states, "vpn", "bbb", "bbb")  # caught up: the clock restarts
     now[0] += 100
     assert promotion.in_sync(states, "vpn", "bbb", "ccc")
+
+
+def test_churn_is_not_out_of_sync_but_a_cut_link_is(tmp_path, monkeypatch):
+    """Clients connecting, leaving or rekeying change both digests between two snapshots: never a
+    verdict while both move (a 10,000-client connect storm was repaired and resynced into a
+    failure). A standby whose copies stay the same while the promoted node's digest moves
+    receives no sync: out of sync after OUT_OF_SYNC_AFTER, as a lasting difference on a quiet fleet is."""
+    states = StateDir(str(tmp_path))
+    now = [1000.0]
+    monkeypatch.setattr(promotion.time, "time", lambda: now[0])
+    for k in range(20):  # 40 s of churn, sync alive: never equal, never out of sync
+        assert promotion.in_sync(states, "vpn", f"mine{k}", f"peer{k}")
+        now[0] += 2
+    assert promotion.unsynced_since(states, "vpn") is not None
+    for k in range(9):  # the link is cut: the copies freeze while the promoted node's digest moves
+        assert promotion.in_sync(states, "vpn", "frozen", f"cut{k}") == (k * 2 < promotion.OUT_OF_SYNC_AFTER), k
+        now[0] += 2
+    assert promotion.in_sync(states, "vpn", "same", "same") and promotion.unsynced_since(states, "vpn") is None
 
 
 def test_digest_is_the_same_for_an_sa_and_its_synced_copy():
@@ -238,6 +257,13 @@ def test_the_stateful_monitor_lists_the_sas_only_when_its_last_look_is_stale(tmp
         promotion.set_promoted(states, "vpn", False)
         promotion.Standing("vpn", states, "", Deadline(10)).repaired(None)  # copies destroyed: look again
         assert lists(basis="p2")[0] == 1
+        last = lists(basis="p2", full=True)[1]
+        charon.sas["rw"].append({**copy, "uniqueid": "3", "initiator-spi": "a3"})
+        charon.refuse["list-sas"] = "too busy"  # a charon that cannot list in time, answering the rest
+        assert lists(basis="p2")[1] == last  # the last look stands: no failed monitor
+        promotion.keep_look(states, "vpn", None)
+        with pytest.raises(ViciError):  # no look to fall back on
+            lists(basis="p2")
     finally:
         charon.close()
 
