@@ -371,16 +371,17 @@ def _full_look(v: Vici, conns: Sequence[str], last: promotion.Look | None, promo
     """Every SA of ours listed (with all the action's time left), the digest taken. A charon too
     busy to list them in time (a resync and a connect storm at 3000 SAs took more than 10 s) but
     answering the health check is not a failed monitor: the last look stands, with a warning."""
+    t0 = time.monotonic()
     try:
         seen = sas.ours(v, conns, deadline.left(cap=3600))
     except ViciError as e:
         if last is None or last.promoted != promoted:
             raise
         log.warning("%s: the last look at our SAs (%.0fs old) stands", e, time.time() - last.at)
-        return last
+        return last._replace(cost=max(last.cost, time.monotonic() - t0))  # not tried again at once
     return promotion.Look(time.time(), promoted, total, basis, sas.summary(seen),
                           promotion.digest([s for s in seen if s.passive != promoted]),
-                          f"{seen[0].uniqueid}:{seen[0].state}" if seen else "")
+                          f"{seen[0].uniqueid}:{seen[0].state}" if seen else "", time.monotonic() - t0)
 
 
 def _witness(v: Vici, conns: Sequence[str], sample: str, deadline: Deadline) -> str:

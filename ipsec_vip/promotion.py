@@ -56,6 +56,7 @@ ASKED, SERVED = "asked", "served"  # the resync request a standby made, the last
 MAX_REPAIRS = 3  # in a row without reaching sync: then the standby is reported, never repaired in a loop
 LOOK = "look"  # the state-dir mark: the monitor's last full look (Look)
 LOOK_EVERY = 8.0  # seconds a full look stands while nothing else says it is stale
+LOOK_DUTY = 10  # a full look that took t seconds is not repeated within LOOK_DUTY * t (role changes aside)
 
 # Promotion scores: the promoted node keeps the role (with stickiness), a standby holding
 # synced copies comes next, one without any stays promotable (no clients at all, or the
@@ -145,6 +146,7 @@ class Look(NamedTuple):
     sync: Sync
     digest: str
     sample: str = ""  # one of our IKE_SAs then, "uniqueid:state" ("" none): the segment's witness
+    cost: float = 0.0  # seconds the listing took (or a failed one spent)
 
 
 def look_stands(look: Look, promoted: bool, total: int, basis: str, sample: str, now: float) -> bool:
@@ -153,9 +155,15 @@ def look_stands(look: Look, promoted: bool, total: int, basis: str, sample: str,
     they were: an SA added or gone, a promote or demote, a new digest to compare with, the
     segment taken or given up (all our SAs change state with it: one shows it), each calls for a
     new look at once. Rekeys, which the count does not show, wait for the next full look, at
-    most LOOK_EVERY seconds: a standby is found out of sync only after OUT_OF_SYNC_AFTER anyway."""
-    return ((look.promoted, look.total, look.basis, look.sample) == (promoted, total, basis, sample)
-            and 0 <= now - look.at < LOOK_EVERY)
+    most LOOK_EVERY seconds: a standby is found out of sync only after OUT_OF_SYNC_AFTER anyway.
+    A dear look (10,000 SAs on a busy charon took more than 10 s) is not repeated for LOOK_DUTY
+    times what it cost, whatever the count does: only a role or segment change overrides that."""
+    age = now - look.at
+    if (look.promoted, look.sample) != (promoted, sample) or age < 0:
+        return False
+    if age < LOOK_DUTY * look.cost:
+        return True
+    return (look.total, look.basis) == (total, basis) and age < LOOK_EVERY
 
 
 def last_look(states: StateDir, instance: str) -> Look | None:
@@ -163,16 +171,17 @@ def last_look(states: StateDir, instance: str) -> Look | None:
 
     fields = (states.mark(instance, LOOK) or "").split(" ")
     try:
-        at, promoted, total, active, passive, ready, digest, sample, basis = fields
+        at, promoted, total, active, passive, ready, digest, sample, cost, basis = fields
         return Look(float(at), promoted == "1", int(total), basis, Sync(int(active), int(passive), int(ready)),
-                    digest, sample)
+                    digest, sample, float(cost))
     except ValueError:  # none, or from another version: look again
         return None
 
 
 def keep_look(states: StateDir, instance: str, look: Look | None) -> None:
     states.set_mark(instance, LOOK, None if look is None else " ".join(map(str, (
-        repr(look.at), int(look.promoted), look.total, *look.sync, look.digest, look.sample, look.basis))))
+        repr(look.at), int(look.promoted), look.total, *look.sync, look.digest, look.sample, round(look.cost, 3),
+        look.basis))))
 
 
 class Published(NamedTuple):

@@ -228,7 +228,8 @@ def test_the_stateful_monitor_lists_the_sas_only_when_its_last_look_is_stale(tmp
         def full_looks():  # list-sas of every SA, not the one sample's
             return sum(1 for m in charon.sent("list-sas") if "ike-id" not in m)
 
-        def lists(basis="p1", level=0, full=False):
+        def lists(basis="p1", level=0, full=False):  # a monitor a second after the last
+            now[0] += 1
             before = full_looks()
             status = hasync.check(params, "vpn", record, states, level, Deadline(10), basis, full=full)
             return full_looks() - before, status._replace(health=None)
@@ -266,6 +267,19 @@ def test_the_stateful_monitor_lists_the_sas_only_when_its_last_look_is_stale(tmp
             lists(basis="p2")
     finally:
         charon.close()
+
+
+def test_a_dear_full_look_is_not_repeated_before_its_duty_cycle_allows():
+    """A look that took 2 s stands 20 s whatever the count does; a role or segment change still
+    calls for a new one at once; a cheap look (0.05 s) follows the count as before."""
+    dear = promotion.Look(100.0, False, 10000, "p", Sync(0, 10000, 10000), "d", "7:PASSIVE", 2.0)
+    assert promotion.look_stands(dear, False, 10001, "q", "7:PASSIVE", 119.0)
+    assert not promotion.look_stands(dear, False, 10001, "p", "7:PASSIVE", 121.0)
+    assert not promotion.look_stands(dear, True, 10000, "p", "7:PASSIVE", 101.0)
+    assert not promotion.look_stands(dear, False, 10000, "p", "7:ESTABLISHED", 101.0)
+    cheap = dear._replace(cost=0.05)
+    assert not promotion.look_stands(cheap, False, 10001, "p", "7:PASSIVE", 101.0)
+    assert promotion.look_stands(cheap, False, 10000, "p", "7:PASSIVE", 101.0)
 
 
 class Attrd:
