@@ -611,6 +611,7 @@ class FleetLab:
               charon_settings: str = FLEET_CHARON_SETTINGS) -> FleetLab:
         """``charon_settings``: charon options for both gateways (:func:`lab.cluster.gateway_strongswan`)."""
         c = cluster.Cluster.build(("gw1", "gw2"), ha=stateful, ha_pool=FLEET_POOL, charon_settings=charon_settings)
+        fleet: Fleet | None = None
         try:
             conf = c.work / "swanctl.conf"
             conf.write_text(gateway_conf(stateful))
@@ -642,7 +643,9 @@ class FleetLab:
             fl.setup["charon_kb_per_sa"] = {
                 name: round((charon_rss_kb(node) - rss0[name]) / max(n, 1), 1) for name, node in c.nodes.items()}
             return fl
-        except BaseException:
+        except BaseException:  # interrupted or failed: nothing of the lab stays behind
+            if fleet is not None:
+                fleet.stop()
             c.destroy()
             raise
 
