@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = {"start": 30, "stop": 30, "monitor": 20, "validate-all": 20, "promote": 30, "demote": 30,
                    "notify": 20}
+REPAIR_SPARE = 1.5  # seconds a standby's repair leaves of its monitor (the resync request, the exit)
 
 META = ocf.MetaData(
     name="strongswan",
@@ -297,7 +298,7 @@ def _monitor_stateful(env: ocf.Env) -> int:
         if env.is_probe and not health.running:
             return OCF_NOT_RUNNING
         raise IpsecVipError("; ".join(health.problems) or "not running")
-    _keep_in_sync(env, standing, standing.monitored(status.promoted, status.sync, status.digest), status)
+    _keep_in_sync(env, standing, standing.monitored(status.promoted, status.sync, status.digest, status.looked), status)
     if health.degraded:
         ocf.exit_reason("; ".join(health.degraded), os.environ)
     return OCF_RUNNING_PROMOTED if status.promoted else OCF_SUCCESS
@@ -326,7 +327,16 @@ def _keep_in_sync(env: ocf.Env, standing: Standing, verdict: Verdict, status: ha
     held = f"{status.sync.passive} copies" + (f" of the promoted node's {verdict.peer.sas} IKE_SAs"
                                               if verdict.peer and verdict.peer.sas is not None else "")
     if standing.should_repair(status.digest, drops):
-        destroyed = hasync.empty_for_resync(params, env.instance, states, deadline)
+        try:
+            destroyed, found = hasync.empty_for_resync(params, env.instance, states, deadline, REPAIR_SPARE)
+        except ViciError as e:
+            log.warning("standby out of sync with the promoted node (%s): its repair stopped (%s); the next "
+                        "monitor goes on", held, e)
+            return
+        if destroyed < found:
+            log.warning("standby out of sync with the promoted node (%s): destroyed %d of its %d copies in this "
+                        "monitor's time; the next monitor goes on, then asks for a resync", held, destroyed, found)
+            return
         standing.repaired(drops)
         log.warning("standby out of sync with the promoted node for %.0fs (%s, %s sync datagrams dropped): "
                     "destroyed %d copies and asked for a resync (repair %d of %d)", promotion.OUT_OF_SYNC_AFTER,

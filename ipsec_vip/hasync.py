@@ -62,6 +62,7 @@ else:
     from ipsec_vip.tuples import NamedTuple
 
 SEGMENT = 1
+DEMOTE_SPARE = 2.0  # seconds a demote keeps from listing its SAs for the segment's drop (FIFO, no VICI)
 
 
 # --------------------------------------------------------------------------- virtual-IP pools
@@ -257,19 +258,29 @@ def _demote(params: Params | None, instance: str, states: StateDir, deadline: De
         promotion.set_promoted(states, instance, False)
         return "not started here"
     uri, _ = target(record, params)
+    dropped = -1  # the segment not dropped yet
+
+    def drop_segment() -> None:
+        send(fifo, f"-{SEGMENT}", timeout=deadline.left())
+        promotion.set_promoted(states, instance, False)
+        admit_new_clients(record.vip, False)
+
     try:
         with Vici(uri, timeout=deadline.left()) as v:
-            seen = sas.ours(v, record.conns, deadline.left())
+            seen = sas.ours(v, record.conns, max(deadline.left() - DEMOTE_SPARE, 0.1))
             if not promoted and all(s.passive for s in seen):
                 return "not promoted here"
-            dropped = drop_deleted_children(v, seen, deadline.left())
-            send(fifo, f"-{SEGMENT}", timeout=deadline.left())
-            promotion.set_promoted(states, instance, False)
-            admit_new_clients(record.vip, False)
+            dropped = drop_deleted_children(v, seen, max(deadline.left() - DEMOTE_SPARE, 0.1))
+            drop_segment()
             seen = wait_states(v, record.conns, passive=True, seconds=deadline.left(cap=5))
     except ViciUnreachable:
         promotion.set_promoted(states, instance, False)
         return "charon is not running: nothing to demote"
+    except ViciError as e:  # charon too busy to answer (a connect storm at 5,000 SAs): the FIFO needs no VICI
+        if dropped < 0:
+            drop_segment()
+        log.warning("segment %s dropped; its IKE_SAs not checked: %s", SEGMENT, e)
+        return f"segment {SEGMENT} dropped (charon did not answer: its IKE_SAs not checked)"
     active = [s for s in seen if not s.passive]
     if active:  # clients arriving while the segment moved (seen at 10,000): not worth a failed demote or stop,
         # which Pacemaker answers with a recovery (or, for a stop, fencing); the VIP leaves with the demote
@@ -319,27 +330,36 @@ def destroy_leftovers(params: Params, instance: str, states: StateDir, deadline:
     with states.lock(deadline.left(cap=3600)):
         if states.started(instance):
             return 0  # a repeated start: the copies are the live ones
-        return destroy_copies(params.vici_socket, list(control.select(params).connections), deadline)
+        return destroy_copies(params.vici_socket, list(control.select(params).connections), deadline)[0]
 
 
-def destroy_copies(uri: str, conns: Sequence[str], deadline: Deadline) -> int:
+def destroy_copies(uri: str, conns: Sequence[str], deadline: Deadline, spare: float | None = None,
+                   ) -> tuple[int, int]:
     """Terminate our PASSIVE IKE_SAs (nothing reaches the peer or the client: only an active SA
-    syncs its deletion), so that the next resync gives exactly one copy; returns how many."""
+    syncs its deletion), so that the next resync gives exactly one copy; returns how many were
+    destroyed, and of how many. With ``spare``, it stops while ``spare`` seconds of the action
+    are left (one terminate each: thousands of them outlast a monitor)."""
+    done = 0
     with Vici(uri, timeout=deadline.left()) as v:
         copies = [s for s in sas.ours(v, conns, deadline.left()) if s.passive]
         for sa in copies:
+            if spare is not None and deadline.left() <= spare:
+                break
             sas.terminate(v, {"ike-id": sa.uniqueid}, deadline.left())
-    return len(copies)
+            done += 1
+    return done, len(copies)
 
 
-def empty_for_resync(params: Params, instance: str, states: StateDir, deadline: Deadline) -> int:
+def empty_for_resync(params: Params, instance: str, states: StateDir, deadline: Deadline, spare: float,
+                     ) -> tuple[int, int]:
     """A started standby out of sync: destroy its copies so that the resync it asks for gives one
-    copy of each SA (5.9.8 adds a copy for every repeated sync); never on a promoted node."""
+    copy of each SA (5.9.8 adds a copy for every repeated sync); never on a promoted node. As many
+    as the action's time allows, keeping ``spare`` seconds: (destroyed, of how many)."""
     with states.lock(deadline.left(cap=3600)):
         record = states.read(instance)
         if record is None or promotion.promoted(states, instance):
-            return 0
-        return destroy_copies(target(record, params)[0], record.conns, deadline)
+            return 0, 0
+        return destroy_copies(target(record, params)[0], record.conns, deadline, spare)
 
 
 def sync_drops(vici_uri: str) -> int | None:
@@ -409,6 +429,7 @@ class Status(NamedTuple):
     sync: Sync
     health: control.Health
     digest: str = ""
+    looked: float = 0.0  # time.time() of the full look the sync and digest come from
 
 
 def check(params: Params, instance: str, record: Record, states: StateDir, level: int, deadline: Deadline,
@@ -439,4 +460,4 @@ def check(params: Params, instance: str, record: Record, states: StateDir, level
         if look.sync.passive:
             raise FailedPromoted(f"promoted but {look.sync.passive} IKE_SA(s) are PASSIVE here: the peer took the "
                                  "segment (both nodes promoted?)")
-    return Status(promoted, look.sync, health, look.digest)
+    return Status(promoted, look.sync, health, look.digest, look.at)

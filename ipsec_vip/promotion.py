@@ -5,9 +5,10 @@ node attributes they mirror.
   by its demote and stop);
 - the clone's promotion score (``crm_attribute --promotion``) and ``score``, the value last set
   (setting it costs a fork and a CIB round trip, so it is set only when it changes);
-- the promoted node's sync digest and SA count (an attrd transient attribute, ``count:digest``)
-  and ``digest``, the value last published; ``unsynced``: since when a standby's copies differ
-  from it;
+- the promoted node's sync digest, SA count and when it looked (an attrd transient attribute,
+  ``count:digest:time``) and ``digest``, the value last published; on a standby, ``unsynced``:
+  since when its copies differ from it, and ``peer-look``: the promoted node's look time last
+  seen and when it was first seen;
 - ``look``: the monitor's last full look at our SAs (:class:`Look`), which the monitors until the
   next one reuse;
 - a standby's repair of its copies: ``repairs`` (how many since it was last in sync),
@@ -50,6 +51,7 @@ PROMOTED = "promoted"  # the state-dir mark of a promoted instance
 SCORE = "score"  # the state-dir mark caching the promotion score last set
 UNSYNCED = "unsynced"  # the state-dir mark: since when (time.time()) the standby's copies differ (in_sync)
 DIGEST = "digest"  # the state-dir mark: the digest the promoted node published last
+PEER_LOOK = "peer-look"  # the state-dir mark: the promoted node's look time last seen, and since when (standby)
 OUT_OF_SYNC_AFTER = 15.0  # seconds a difference must last (a sync, or the next publish, takes a moment)
 REPAIRS, EPISODE, SYNC_DROPS = "repairs", "episode", "sync-drops"  # a standby's repair (above)
 ASKED, SERVED = "asked", "served"  # the resync request a standby made, the last one the promoted node answered
@@ -98,7 +100,7 @@ def digest(sas: Sequence[IkeSa]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 
 
-def in_sync(states: StateDir, instance: str, mine: str, peer: str | None) -> bool:
+def in_sync(states: StateDir, instance: str, mine: str, peer: str | None, peer_fresh: bool = True) -> bool:
     """Compare the standby's copies with the promoted node's digest. A difference means the
     standby missed syncs (link down, peer's plugin gone, datagrams lost) only when it lasts
     OUT_OF_SYNC_AFTER seconds and is not churn: the two digests are snapshots taken up to a
@@ -106,7 +108,9 @@ def in_sync(states: StateDir, instance: str, mine: str, peer: str | None) -> boo
     sync arrives. So the verdict needs the promoted node's digest to have stayed the same (a
     quiet fleet: a real difference), or this node's copies not to have changed at all while it
     moved (no sync arriving). Both moving is churn with the sync alive: the clock starts again.
-    (A 10,000-client connect storm was judged out of sync, repaired and resynced without it.)"""
+    (A 10,000-client connect storm was judged out of sync, repaired and resynced without it.)
+    So does a digest that is not ``peer_fresh``: the promoted node, too busy to look again
+    (:func:`look_stands`), republished an old one, which says nothing of the sync."""
     if peer is None or peer == mine:
         states.set_mark(instance, UNSYNCED, None)
         return True
@@ -119,7 +123,7 @@ def in_sync(states: StateDir, instance: str, mine: str, peer: str | None) -> boo
         since, first_peer, first_mine, peer_moved, mine_moved = now, peer, mine, False, False
     peer_moved = peer_moved or peer != first_peer
     mine_moved = mine_moved or mine != first_mine
-    if peer_moved and mine_moved:  # churn, the sync arriving: start again from these two
+    if (peer_moved and mine_moved) or not peer_fresh:  # churn, the sync arriving (or no news): start again
         since, first_peer, first_mine, peer_moved, mine_moved = now, peer, mine, False, False
     states.set_mark(instance, UNSYNCED, f"{since!r} {first_peer} {first_mine} {int(peer_moved)} {int(mine_moved)}")
     return now - since < OUT_OF_SYNC_AFTER
@@ -185,22 +189,27 @@ def keep_look(states: StateDir, instance: str, look: Look | None) -> None:
 
 
 class Published(NamedTuple):
-    """What the promoted node published: its IKE_SAs of ours (None from an older agent) and digest."""
+    """What the promoted node published: its IKE_SAs of ours, its digest and when (its clock) it
+    took them (None: from an older agent)."""
 
     sas: int | None
     digest: str
+    looked: int | None = None
 
 
 def parse_published(value: str | None) -> Published | None:
     if not value:
         return None
-    count, sep, digest = value.partition(":")
-    if not sep:
+    fields = value.split(":")
+    if len(fields) == 1:
         return Published(None, value)
-    try:
-        return Published(int(count), digest)
-    except ValueError:
-        return Published(None, digest)
+    count, digest = (int(fields[0]) if fields[0].isdigit() else None), fields[1]
+    return Published(count, digest, int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else None)
+
+
+def publishable(sync: Sync, mine: str, looked: float) -> str:
+    """The promoted node's value: ``count:digest:time`` (time: of the look, whole seconds)."""
+    return f"{sync.active}:{mine}:{int(looked)}"
 
 
 class Verdict(NamedTuple):
@@ -349,40 +358,56 @@ class Standing:
         attributes when there is time left for them."""
         self._unpublish()
         self._forget_repairs()
-        for mark in (UNSYNCED, SCORE, SERVED, SYNC_DROPS, LOOK):
+        for mark in (UNSYNCED, SCORE, SERVED, SYNC_DROPS, LOOK, PEER_LOOK):
             self.states.set_mark(self.instance, mark, None)
         if self.node:
             self.attributes.set_score(None)
 
-    def monitored(self, is_promoted: bool, sync: Sync, mine: str) -> Verdict:
-        """The promoted node publishes what it holds (``mine``, and how many IKE_SAs) and says
-        when a standby asked for a resync; the standby compares its copies with what was
-        published. Then the promotion score follows what this node holds: a standby out of
-        sync never beats one in sync."""
-        verdict = self._sync_check(is_promoted, sync, mine) if self.node else Verdict()
+    def monitored(self, is_promoted: bool, sync: Sync, mine: str, looked: float = 0.0) -> Verdict:
+        """The promoted node publishes what it holds (``mine``, how many IKE_SAs, and when it
+        ``looked``) and says when a standby asked for a resync; the standby compares its copies
+        with what was published. Then the promotion score follows what this node holds: a
+        standby out of sync never beats one in sync."""
+        verdict = self._sync_check(is_promoted, sync, mine, looked) if self.node else Verdict()
+        self._published = None  # this monitor's answer used: the next one asks again
         score = score_for(is_promoted, sync)
         if verdict.out_of_sync and score == SCORE_IN_SYNC:
             score = SCORE_OUT_OF_SYNC
         self._score(score)
         return verdict
 
-    def _sync_check(self, is_promoted: bool, sync: Sync, mine: str) -> Verdict:
+    def _sync_check(self, is_promoted: bool, sync: Sync, mine: str, looked: float) -> Verdict:
         if is_promoted:
             self.states.set_mark(self.instance, UNSYNCED, None)  # a difference seen while standby is history
-            value = f"{sync.active}:{mine}"
+            value = publishable(sync, mine, looked)
             if self.states.mark(self.instance, DIGEST) != value:
                 self.attributes.publish(value)
                 self.states.set_mark(self.instance, DIGEST, value)
             token = self.attributes.resync_request(self.node)
             return Verdict(resync_for=token if token and token != self.states.mark(self.instance, SERVED) else "")
         peer = parse_published(self.published())
-        if not in_sync(self.states, self.instance, mine, peer.digest if peer else None):
+        if not in_sync(self.states, self.instance, mine, peer.digest if peer else None, self._peer_fresh(peer)):
             if self.states.mark(self.instance, EPISODE) is None:  # what it held when found out of sync
                 self.states.set_mark(self.instance, EPISODE, mine)
             return Verdict(out_of_sync=True, peer=peer)
         if self.states.mark(self.instance, UNSYNCED) is not None:  # differs, not for long yet
             return Verdict(peer=peer)
         return Verdict(synced_again=self._forget_repairs(), peer=peer)
+
+    def _peer_fresh(self, peer: Published | None) -> bool:
+        """Whether the promoted node looked at its SAs again within OUT_OF_SYNC_AFTER, by this
+        node's clock (the two clocks are never compared): when its look time last changed."""
+        if peer is None or peer.looked is None:
+            return True
+        now = time.time()
+        last, _, since = (self.states.mark(self.instance, PEER_LOOK) or "").partition(" ")
+        if last == str(peer.looked):
+            try:
+                return now - float(since) < OUT_OF_SYNC_AFTER
+            except ValueError:
+                pass
+        self.states.set_mark(self.instance, PEER_LOOK, f"{peer.looked} {now!r}")  # a new look
+        return True
 
     def should_repair(self, mine: str, drops: int | None) -> bool:
         """An out-of-sync standby repairs itself only where a resync can work: its sync socket

@@ -185,3 +185,48 @@ def test_start_destroys_only_the_passive_copies_a_stop_left(env):
         fake.close()
     assert [m["ike-id"] for m in fake.sent("terminate")] == ["1", "2"]
     assert [s["uniqueid"] for bodies in fake.sas.values() for s in bodies] == ["3", "4"]
+
+
+@pytest.mark.parametrize("busy", [None, "list-sas", "terminate"])
+def test_a_demote_drops_the_segment_even_when_charon_is_too_busy_to_list(env, monkeypatch, busy):
+    """At 5,000 SAs in a connect storm charon did not answer the demote's list-sas in time: the
+    demote failed with the segment still held here, then the stop. The drop goes through the
+    FIFO, not VICI: it is sent whatever VICI says, with a warning, and the demote succeeds."""
+    from ipsec_vip import promotion
+    from ipsec_vip import vip as vipmod
+    from ipsec_vip.action import Deadline
+    from ipsec_vip.params import Params
+    from ipsec_vip.state import Record, StateDir
+    from tests.vici_fakes import FakeCharon
+
+    fake = FakeCharon(env["tmp"] / "charon.vici")
+    fake.sas = {"rw": [{"uniqueid": "1", "state": "ESTABLISHED",
+                        "child-sas": {"rw-1": {"uniqueid": "5", "name": "rw", "state": "DELETED"}}}]}
+    if busy:
+        fake.refuse[busy] = "timeout"
+    admitted: list[bool] = []
+    monkeypatch.setattr(hasync, "admit_new_clients", lambda vip, admit: admitted.append(admit))
+    got: list[bytes] = []
+
+    def plugin() -> None:  # reads the command and gives the segment up: the SA becomes a copy
+        fd = os.open(env["fifo"], os.O_RDONLY)
+        got.append(os.read(fd, 7))
+        os.close(fd)
+        fake.sas["rw"][0]["state"] = "PASSIVE"
+
+    t = threading.Thread(target=plugin)
+    t.start()
+    params = Params(vip=vipmod.parse_vip("192.0.2.199"), config=str(env["conf"]), vici_socket=fake.uri,
+                    ha_fifo=str(env["fifo"]))
+    states = StateDir(env["rsctmp"])
+    try:
+        states.write("vpn", Record(vip="192.0.2.199", config=str(env["conf"]), conns=["rw"]))
+        promotion.set_promoted(states, "vpn", True)
+        done = hasync.demote(params, "vpn", states, Deadline(5))
+    finally:
+        t.join(5)
+        fake.close()
+    assert got == [b"-1\n"] and admitted == [False] and not promotion.promoted(states, "vpn")
+    assert ("IKE_SAs not checked" in done) == bool(busy), done
+    if not busy:
+        assert [m.get("child-id") for m in fake.sent("terminate")] == ["5"]  # the rekey's leftover

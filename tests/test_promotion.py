@@ -175,6 +175,56 @@ def test_stateful_stop_without_attrd_unloads_within_its_timeout(tmp_path, monkey
     assert states.mark("vpn", promotion.DIGEST) is None and states.mark("vpn", promotion.SCORE) is None
 
 
+@pytest.mark.parametrize("trouble", ["none", "busy", "short"])
+def test_a_standbys_repair_never_fails_its_monitor(tmp_path, monkeypatch, capsys, trouble):
+    """A standby out of sync destroys its copies, then asks for a resync. One terminate per copy:
+    at 3,600 copies on a busy charon the repair ran out of the monitor's time, the monitor failed
+    and Pacemaker restarted the standby. Now a charon that refuses (busy) or a monitor too short to
+    destroy them all (short) leaves a warning and the rest to the next monitor, with no resync
+    asked for before the copies are gone - and the monitor succeeds."""
+    from ipsec_vip import hasync
+
+    charon = FakeCharon(tmp_path / "charon.vici")
+    try:
+        conf = tmp_path / "swanctl.conf"
+        conf.write_text(GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40})
+        conf.chmod(0o600)
+        states = StateDir(str(tmp_path / "rsc"))
+        states.ensure()
+        params = Params(vip=vipmod.parse_vip(VIP), config=str(conf), vici_socket=charon.uri)
+        control.start(params._replace(start_without_vip=True, handoff="none"), "vpn", states, Deadline(10))
+        charon.sas["rw"] = [{"uniqueid": str(n), "state": "PASSIVE", "initiator-spi": f"a{n}", "responder-spi": "b",
+                             "child-sas": {}} for n in range(1, 4)]
+        looked = int(time.time())
+        calls = fake_attrd_tools(tmp_path, monkeypatch, then=(
+            'case "$*" in *ipsec-vip-sync-vpn*-Q*) '
+            f'echo \'name="ipsec-vip-sync-vpn" host="gw1" value="2:ddd:{looked}"\';; esac'))
+        states.set_mark("vpn", promotion.UNSYNCED, f"{time.time() - 100!r} ddd before 0 1")  # long, not churn
+        states.set_mark("vpn", promotion.EPISODE, "before")  # the copies changed since: syncs arrive
+        monkeypatch.setattr(hasync, "sync_drops", lambda uri: None)
+        if trouble == "busy":
+            charon.refuse["terminate"] = "timed out"
+        if trouble == "short":
+            monkeypatch.setattr(agent, "REPAIR_SPARE", 3600.0)
+        env = {"OCF_RESOURCE_INSTANCE": "vpn", "HA_RSCTMP": str(tmp_path / "rsc"), "OCF_RESKEY_vip": VIP,
+               "OCF_RESKEY_config": str(conf), "OCF_RESKEY_vici_socket": charon.uri,
+               "OCF_RESKEY_CRM_meta_promotable": "true", "OCF_RESKEY_CRM_meta_on_node": "gw2",
+               "OCF_RESKEY_CRM_meta_interval": "3000", "OCF_RESKEY_CRM_meta_timeout": "20000"}
+        monkeypatch.setattr(os, "environ", {**env, "PATH": "/usr/bin:/bin"})
+        rc = agent.main(["strongswan", "monitor"], env)
+    finally:
+        charon.close()
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    asked = [c for c in calls.read_text().splitlines() if "ipsec-vip-resync-vpn -U" in c]
+    left = len(charon.sas["rw"])
+    if trouble == "none":
+        assert left == 0 and len(asked) == 1 and "destroyed 3 copies and asked for a resync" in err, err
+    else:
+        assert left == 3 and asked == [], err
+        assert ("its repair stopped" if trouble == "busy" else "destroyed 0 of its 3 copies") in err, err
+
+
 def test_a_started_stateful_monitor_imports_no_typing(tmp_path, monkeypatch):
     """The stateful monitor's path holds like the primitive's (test_control): no typing, no parser,
     no selection, no runner for an instance run outside Pacemaker."""
@@ -326,13 +376,14 @@ def test_an_out_of_sync_standby_is_repaired_only_where_a_resync_can_work(tmp_pat
     monkeypatch.setattr(promotion.time, "time", lambda: now[0])
     attrd, active, standby = pair(tmp_path)
     standby.started(drops=0)
-    assert active.monitored(True, Sync(3, 0, 0), "ddd") == promotion.Verdict()
-    assert attrd.values[("ipsec-vip-sync-vpn", "gw1")] == "3:ddd"
+    assert active.monitored(True, Sync(3, 0, 0), "ddd", now[0]) == promotion.Verdict()
+    assert attrd.values[("ipsec-vip-sync-vpn", "gw1")] == "3:ddd:1000"
 
     copies = Sync(0, 2, 2)
     v = standby.monitored(False, copies, "old")
-    assert not v.out_of_sync and v.peer == promotion.Published(3, "ddd")
+    assert not v.out_of_sync and v.peer == promotion.Published(3, "ddd", 1000)
     now[0] += promotion.OUT_OF_SYNC_AFTER + 1
+    active.monitored(True, Sync(3, 0, 0), "ddd", now[0] - 2)  # the promoted node keeps looking
     v = standby.monitored(False, copies, "old")
     assert v.out_of_sync and attrd.scores["gw2"] == str(promotion.SCORE_OUT_OF_SYNC)
     assert not standby.should_repair("old", drops=0)  # a cut link: nothing arrives, nothing dropped
@@ -357,7 +408,29 @@ def test_an_out_of_sync_standby_is_repaired_only_where_a_resync_can_work(tmp_pat
     assert not standby.monitored(False, Sync(0, 3, 3), "ddd").synced_again  # once
 
 
+def test_a_busy_promoted_nodes_old_digest_is_no_verdict(tmp_path, monkeypatch):
+    """At 10,000 SAs in a connect storm the promoted node's full look is dear and not repeated
+    (look_stands), so it publishes nothing new while the standby's copies move with the sync: the
+    standby was judged out of sync, repaired and restarted. An old digest says nothing; once the
+    promoted node looks again, a lasting difference counts again."""
+    now = [1000.0]
+    monkeypatch.setattr(promotion.time, "time", lambda: now[0])
+    _, active, standby = pair(tmp_path)
+    standby.started(drops=0)
+    active.monitored(True, Sync(3000, 0, 0), "busy", now[0])
+    for k in range(20):  # 40 s: copies arrive, the promoted node's look stays the one of t=1000
+        assert not standby.monitored(False, Sync(0, 3000 + k, 3000 + k), f"copies{k}").out_of_sync, k
+        now[0] += 2
+    verdicts = []
+    for _ in range(10):  # it looks again each monitor, quiet; the copies stay short of it
+        active.monitored(True, Sync(3000, 0, 0), "quiet", now[0])
+        verdicts.append(standby.monitored(False, Sync(0, 2990, 2990), "short").out_of_sync)
+        now[0] += 2
+    assert verdicts == [False] * 8 + [True] * 2
+
+
 def test_published_values_from_older_agents_still_compare():
+    assert promotion.parse_published("12:abc:1700") == promotion.Published(12, "abc", 1700)
     assert promotion.parse_published("12:abc") == promotion.Published(12, "abc")
     assert promotion.parse_published("abc") == promotion.Published(None, "abc")
     assert promotion.parse_published("") is None
@@ -438,7 +511,7 @@ def test_a_start_request_is_answered_once_and_not_counted_as_a_repair(tmp_path, 
     now[0] += 1
     standby.started(drops=0, ask=True)
     token = attrd.values[("ipsec-vip-resync-vpn", "gw2")]
-    assert standby.monitored(False, Sync(0, 0, 0), "empty").peer == promotion.Published(2, "ddd")
+    assert standby.monitored(False, Sync(0, 0, 0), "empty").peer == promotion.Published(2, "ddd", 0)
     assert active.monitored(True, Sync(2, 0, 0), "ddd").resync_for == token
     active.served(token)
     v = standby.monitored(False, Sync(0, 2, 2), "ddd")
