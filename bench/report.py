@@ -477,6 +477,10 @@ def fleet_table(results: dict[str, Any]) -> list[str]:
             f"{promote if promote is not None else '—'} | {stop_s} | {r['lost_ike']} | {r['no_round_trip']}{late} | "
             f"{r['duplicate_vips']} | {r['joined_ok']}/{r['joined']} | {ex.get('back_in_sync_s', '—')}, "
             f"{ex.get('copies', '—')} |")
+    pair = [_per_pair(r) for r in _rows(results, "fleet") if r.get("scenario") == "move" and r.get("setup")]
+    if pair:
+        lines += ["", "Per pair (the cluster built, N clients connected, charon's resident memory growth per "
+                  "connected SA; stateful: until the standby held every copy): " + "; ".join(pair) + "."]
     mon = [(r["n"], r["mode"], role, v) for r in _rows(results, "fleet") if r.get("scenario") == "move"
            for role, v in (r.get("monitor") or {}).items()]
     if mon:
@@ -485,6 +489,13 @@ def fleet_table(results: dict[str, Any]) -> list[str]:
                       f"{mode} {role} @{n}: {v.get('median_ms')} / {v.get('full_ms', '—')} / {v.get('mean_ms', '—')} "
                       f"ms rc {v.get('rc')}" for n, mode, role, v in mon) + "."]
     return lines
+
+
+def _per_pair(r: dict[str, Any]) -> str:
+    setup = r["setup"]
+    kb = ", ".join(f"{node} {v} kB" for node, v in sorted((setup.get("charon_kb_per_sa") or {}).items()))
+    synced = f", synced after {setup['synced_s']} s" if "synced_s" in setup else ""
+    return f"{r['mode']} @{r['n']}: connected in {setup.get('connect_s', '—')} s{synced}, per SA {kb}"
 
 
 def fleet_plots(results: dict[str, Any], out: Path) -> list[str]:

@@ -164,3 +164,10 @@ def test_a_run_without_the_agents_keeps_their_last_picture(tmp_path):
     (tmp_path / "latest.png").write_bytes(b"the last curves")
     assert report.plots(_results(fleet=_fleet()), tmp_path) == ["fleet-gaps.png", "fleet-timeline.png"]
     assert (tmp_path / "latest.png").read_bytes() == b"the last curves"
+
+
+def test_fleet_per_pair_figures_are_reported():
+    fleet = _fleet()
+    fleet["rows"][4]["setup"] = {"connect_s": 5.5, "synced_s": 5.6, "charon_kb_per_sa": {"gw2": 27.7, "gw1": 30.7}}
+    md = report.markdown(_results(fleet=fleet))
+    assert "stateful @1000: connected in 5.5 s, synced after 5.6 s, per SA gw1 30.7 kB, gw2 27.7 kB" in md
