@@ -100,7 +100,8 @@ def digest(sas: Sequence[IkeSa]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 
 
-def in_sync(states: StateDir, instance: str, mine: str, peer: str | None, peer_fresh: bool = True) -> bool:
+def in_sync(states: StateDir, instance: str, mine: str, peer: str | None, peer_fresh: bool = True,
+            mine_at: float | None = None) -> bool:
     """Compare the standby's copies with the promoted node's digest. A difference means the
     standby missed syncs (link down, peer's plugin gone, datagrams lost) only when it lasts
     OUT_OF_SYNC_AFTER seconds and is not churn: the two digests are snapshots taken up to a
@@ -110,7 +111,10 @@ def in_sync(states: StateDir, instance: str, mine: str, peer: str | None, peer_f
     moved (no sync arriving). Both moving is churn with the sync alive: the clock starts again.
     (A 10,000-client connect storm was judged out of sync, repaired and resynced without it.)
     So does a digest that is not ``peer_fresh``: the promoted node, too busy to look again
-    (:func:`look_stands`), republished an old one, which says nothing of the sync."""
+    (:func:`look_stands`), republished an old one, which says nothing of the sync. And ``mine``,
+    when it comes from a look taken at ``mine_at`` and reused since, shows the difference only
+    until then: it must have lasted OUT_OF_SYNC_AFTER by that look (at 10,000 SAs the standby's
+    own dear look stood while the promoted node's moved: "no sync arriving", wrongly)."""
     if peer is None or peer == mine:
         states.set_mark(instance, UNSYNCED, None)
         return True
@@ -126,7 +130,7 @@ def in_sync(states: StateDir, instance: str, mine: str, peer: str | None, peer_f
     if (peer_moved and mine_moved) or not peer_fresh:  # churn, the sync arriving (or no news): start again
         since, first_peer, first_mine, peer_moved, mine_moved = now, peer, mine, False, False
     states.set_mark(instance, UNSYNCED, f"{since!r} {first_peer} {first_mine} {int(peer_moved)} {int(mine_moved)}")
-    return now - since < OUT_OF_SYNC_AFTER
+    return min(now, mine_at or now) - since < OUT_OF_SYNC_AFTER
 
 
 def unsynced_since(states: StateDir, instance: str) -> float | None:
@@ -386,7 +390,8 @@ class Standing:
             token = self.attributes.resync_request(self.node)
             return Verdict(resync_for=token if token and token != self.states.mark(self.instance, SERVED) else "")
         peer = parse_published(self.published())
-        if not in_sync(self.states, self.instance, mine, peer.digest if peer else None, self._peer_fresh(peer)):
+        if not in_sync(self.states, self.instance, mine, peer.digest if peer else None, self._peer_fresh(peer),
+                       looked or None):
             if self.states.mark(self.instance, EPISODE) is None:  # what it held when found out of sync
                 self.states.set_mark(self.instance, EPISODE, mine)
             return Verdict(out_of_sync=True, peer=peer)

@@ -67,6 +67,25 @@ def test_churn_is_not_out_of_sync_but_a_cut_link_is(tmp_path, monkeypatch):
     assert promotion.in_sync(states, "vpn", "same", "same") and promotion.unsynced_since(states, "vpn") is None
 
 
+def test_a_standbys_own_old_look_is_no_verdict(tmp_path, monkeypatch):
+    """At 10,000 SAs the standby's own dear look stands (look_stands) while the promoted node's
+    digest moves with a connect storm: its copies seemed not to change, "no sync arriving", and it
+    was repaired. The difference counts only as far as its own looks saw it."""
+    states = StateDir(str(tmp_path))
+    now = [1000.0]
+    monkeypatch.setattr(promotion.time, "time", lambda: now[0])
+    for k in range(15):  # 30 s: the promoted node's digest moves, this node's look of t=1000 stands
+        assert promotion.in_sync(states, "vpn", "old-look", f"peer{k}", mine_at=1000.0), k
+        now[0] += 2
+    assert promotion.in_sync(states, "vpn", "new-look", "peerX", mine_at=now[0])  # it moved: churn, start again
+    verdicts = []
+    for k in range(10):  # then a cut link: fresh looks, frozen copies
+        now[0] += 2
+        verdicts.append(promotion.in_sync(states, "vpn", "new-look", f"cut{k}", mine_at=now[0]))
+    assert verdicts == [2 * (k + 1) < promotion.OUT_OF_SYNC_AFTER for k in range(10)]
+    assert not all(verdicts)
+
+
 def test_digest_is_the_same_for_an_sa_and_its_synced_copy():
     child = Child("7", "rw", "INSTALLED", "c1/c2")
     active = IkeSa("3", "rw", "ESTABLISHED", (child, Child("5", "rw", "DELETED", "o1/o2")), "i/r")
