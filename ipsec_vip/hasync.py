@@ -62,6 +62,8 @@ else:
     from ipsec_vip.tuples import NamedTuple
 
 SEGMENT = 1
+WITNESS_WITHIN = 2.0  # seconds for the sample SA's state: a charon slower than that is too busy to list all
+LOOK_SPARE = 2.0  # seconds a full look leaves of its monitor (publish, answer a resync request)
 DEMOTE_SPARE = 2.0  # seconds a demote keeps from listing its SAs for the segment's drop (FIFO, no VICI)
 
 
@@ -393,7 +395,7 @@ def _full_look(v: Vici, conns: Sequence[str], last: promotion.Look | None, promo
     answering the health check is not a failed monitor: the last look stands, with a warning."""
     t0 = time.monotonic()
     try:
-        seen = sas.ours(v, conns, deadline.left(cap=3600))
+        seen = sas.ours(v, conns, max(deadline.left(cap=3600) - LOOK_SPARE, 0.1))
     except ViciError as e:
         if last is None or last.promoted != promoted:
             raise
@@ -410,8 +412,8 @@ def _witness(v: Vici, conns: Sequence[str], sample: str, deadline: Deadline) -> 
     if not uniqueid:
         return ""
     try:
-        now = sas.ours(v, conns, deadline.left(), ike_id=uniqueid)
-    except ViciError:  # not told: a full look decides (or its fallback)
+        now = sas.ours(v, conns, deadline.left(cap=WITNESS_WITHIN), ike_id=uniqueid)
+    except ViciError:  # not told: a full look decides, if the duty cycle allows one (look_stands)
         return "?"
     return f"{now[0].uniqueid}:{now[0].state}" if now else ""
 

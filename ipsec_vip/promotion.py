@@ -165,13 +165,16 @@ def look_stands(look: Look, promoted: bool, total: int, basis: str, sample: str,
     new look at once. Rekeys, which the count does not show, wait for the next full look, at
     most LOOK_EVERY seconds: a standby is found out of sync only after OUT_OF_SYNC_AFTER anyway.
     A dear look (10,000 SAs on a busy charon took more than 10 s) is not repeated for LOOK_DUTY
-    times what it cost, whatever the count does: only a role or segment change overrides that."""
+    times what it cost, whatever the count does: only a role or segment change overrides that.
+    A sample charon did not tell in time (``?``) is no change: on a busy charon it forced a full
+    look at every monitor, each given up after 15 s and listed by charon all the same, until
+    charon answered nothing at all."""
     age = now - look.at
-    if (look.promoted, look.sample) != (promoted, sample) or age < 0:
+    if look.promoted != promoted or sample not in (look.sample, "?") or age < 0:
         return False
     if age < LOOK_DUTY * look.cost:
         return True
-    return (look.total, look.basis) == (total, basis) and age < LOOK_EVERY
+    return (look.total, look.basis, look.sample) == (total, basis, sample) and age < LOOK_EVERY
 
 
 def last_look(states: StateDir, instance: str) -> Look | None:

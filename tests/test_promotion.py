@@ -349,6 +349,11 @@ def test_a_dear_full_look_is_not_repeated_before_its_duty_cycle_allows():
     cheap = dear._replace(cost=0.05)
     assert not promotion.look_stands(cheap, False, 10001, "p", "7:PASSIVE", 101.0)
     assert promotion.look_stands(cheap, False, 10000, "p", "7:PASSIVE", 101.0)
+    # a sample charon did not tell in time: no change within the duty cycle (busy charons, at every
+    # monitor, were asked for a full look they could not give), a full look after it
+    assert promotion.look_stands(dear, False, 10001, "q", "?", 119.0)
+    assert not promotion.look_stands(dear, False, 10000, "p", "?", 121.0)
+    assert not promotion.look_stands(cheap, False, 10000, "p", "?", 101.0)
 
 
 class Attrd:
