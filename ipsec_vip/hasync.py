@@ -400,7 +400,7 @@ def _full_look(v: Vici, conns: Sequence[str], last: promotion.Look | None, promo
         if last is None or last.promoted != promoted:
             raise
         log.warning("%s: the last look at our SAs (%.0fs old) stands", e, time.time() - last.at)
-        return last._replace(cost=max(last.cost, time.monotonic() - t0))  # not tried again at once
+        return last._replace(cost=max(last.cost, time.monotonic() - t0), tried=time.time())  # not again at once
     return promotion.Look(time.time(), promoted, total, basis, sas.summary(seen),
                           promotion.digest([s for s in seen if s.passive != promoted]),
                           f"{seen[0].uniqueid}:{seen[0].state}" if seen else "", time.monotonic() - t0)

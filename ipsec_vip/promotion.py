@@ -155,6 +155,7 @@ class Look(NamedTuple):
     digest: str
     sample: str = ""  # one of our IKE_SAs then, "uniqueid:state" ("" none): the segment's witness
     cost: float = 0.0  # seconds the listing took (or a failed one spent)
+    tried: float = 0.0  # time.time() a full look was last tried, whether it was given or not (0: at)
 
 
 def look_stands(look: Look, promoted: bool, total: int, basis: str, sample: str, now: float) -> bool:
@@ -172,7 +173,7 @@ def look_stands(look: Look, promoted: bool, total: int, basis: str, sample: str,
     age = now - look.at
     if look.promoted != promoted or sample not in (look.sample, "?") or age < 0:
         return False
-    if age < LOOK_DUTY * look.cost:
+    if now - (look.tried or look.at) < LOOK_DUTY * look.cost:  # a failed look counts from when it was tried
         return True
     return (look.total, look.basis, look.sample) == (total, basis, sample) and age < LOOK_EVERY
 
@@ -182,9 +183,9 @@ def last_look(states: StateDir, instance: str) -> Look | None:
 
     fields = (states.mark(instance, LOOK) or "").split(" ")
     try:
-        at, promoted, total, active, passive, ready, digest, sample, cost, basis = fields
+        at, promoted, total, active, passive, ready, digest, sample, cost, tried, basis = fields
         return Look(float(at), promoted == "1", int(total), basis, Sync(int(active), int(passive), int(ready)),
-                    digest, sample, float(cost))
+                    digest, sample, float(cost), float(tried))
     except ValueError:  # none, or from another version: look again
         return None
 
@@ -192,7 +193,7 @@ def last_look(states: StateDir, instance: str) -> Look | None:
 def keep_look(states: StateDir, instance: str, look: Look | None) -> None:
     states.set_mark(instance, LOOK, None if look is None else " ".join(map(str, (
         repr(look.at), int(look.promoted), look.total, *look.sync, look.digest, look.sample, round(look.cost, 3),
-        look.basis))))
+        repr(look.tried), look.basis))))
 
 
 class Published(NamedTuple):

@@ -354,6 +354,10 @@ def test_a_dear_full_look_is_not_repeated_before_its_duty_cycle_allows():
     assert promotion.look_stands(dear, False, 10001, "q", "?", 119.0)
     assert not promotion.look_stands(dear, False, 10000, "p", "?", 121.0)
     assert not promotion.look_stands(cheap, False, 10000, "p", "?", 101.0)
+    # a full look given up after 11 s at t=200 (the last one given at t=100) is not tried again before t=310
+    failed = dear._replace(cost=11.0, tried=200.0)
+    assert promotion.look_stands(failed, False, 10001, "q", "?", 309.0)
+    assert not promotion.look_stands(failed, False, 10001, "q", "?", 311.0)
 
 
 class Attrd:
