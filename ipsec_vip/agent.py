@@ -298,7 +298,9 @@ def _monitor_stateful(env: ocf.Env) -> int:
         if env.is_probe and not health.running:
             return OCF_NOT_RUNNING
         raise IpsecVipError("; ".join(health.problems) or "not running")
-    _keep_in_sync(env, standing, standing.monitored(status.promoted, status.sync, status.digest, status.looked), status)
+    if status.looked:  # a look not given (charon too busy since the role changed) judges nothing
+        _keep_in_sync(env, standing, standing.monitored(status.promoted, status.sync, status.digest, status.looked),
+                      status)
     if health.degraded:
         ocf.exit_reason("; ".join(health.degraded), os.environ)
     return OCF_RUNNING_PROMOTED if status.promoted else OCF_SUCCESS

@@ -121,7 +121,7 @@ def check_fifo(path: str) -> None:
 
 
 def send(path: str, command: str, timeout: float = 5.0) -> None:
-    """Write one command (``+1``, ``-1``, ``*1``) and wait until the plugin has read it.
+    """Write one command (``+1``, ``-1``, ``*1``, or the no-op ``=1``) and wait until the plugin has read it.
 
     What is written to is what was opened, checked on the open descriptor: never through a
     symlink (O_NOFOLLOW), only a FIFO owned by root (or by us), so a file swapped in after the
@@ -217,8 +217,12 @@ def keep_sync_whole(vici_uri: str) -> str:
 
 def promote(params: Params, instance: str, states: StateDir, deadline: Deadline) -> tuple[str, int]:
     """Take the segment here, then rekey every synced CHILD_SA of ours (ESP sequence numbers
-    are not synced); returns what was done and how many IKE_SAs were taken over. Refused, with
-    nothing changed, where the VIP is not held."""
+    are not synced); returns what was done and how many IKE_SAs charon holds now. Refused, with
+    nothing changed, where the VIP is not held.
+
+    Nothing here lists the SAs (10,000 of them took longer than a promote may): the plugin has
+    taken the segment once it reads the next command (:func:`settle`), and the rekey goes by
+    the connections' child names; a SA left PASSIVE is the monitor's to see."""
     if not vipmod.held(params.vip, params.interface):
         raise IpsecVipError(f"this node does not hold VIP {params.vip}: not promoted, nothing changed "
                             "(order the VIP's start before the promote)")
@@ -230,18 +234,23 @@ def promote(params: Params, instance: str, states: StateDir, deadline: Deadline)
         uri, _ = target(record, params)
         t0 = time.monotonic()
         with Vici(uri, timeout=deadline.left()) as v:
+            children = sas.child_names(v, record.conns, deadline.left())
             send(params.ha_fifo, f"+{SEGMENT}", timeout=deadline.left())
             promotion.set_promoted(states, instance, True)
-            seen = wait_states(v, record.conns, passive=False, seconds=deadline.left(cap=5))
-            still = [s for s in seen if s.passive]
-            if still:
-                raise IpsecVipError(f"segment taken but {len(still)} IKE_SA(s) stayed PASSIVE")
+            settle(params.ha_fifo, deadline.left())
+            held = ike_sa_count(v, deadline)
             try:
-                queued = sas.rekey_all(uri, seen, deadline.left())
+                queued = sas.rekey_all(uri, children, deadline.left())
             finally:
                 admit_new_clients(str(params.vip), True)  # the pools serve here now
-    return (f"segment {SEGMENT} active here: {len(seen)} synced IKE_SA(s), rekey of {queued} CHILD_SA(s) queued "
-            f"in {time.monotonic() - t0:.2f}s"), len(seen)
+    return (f"segment {SEGMENT} active here: {held} IKE_SA(s) held, rekey of {queued} CHILD_SA(s) queued "
+            f"in {time.monotonic() - t0:.2f}s"), held
+
+
+def settle(path: str, timeout: float) -> None:
+    """Return once the plugin has carried out the last command sent: it reads the next one only
+    then (``ha_ctl.c`` reads, acts, and reopens), so a no-op it has read says so."""
+    send(path, f"={SEGMENT}", timeout=timeout)
 
 
 def demote(params: Params | None, instance: str, states: StateDir, deadline: Deadline,
@@ -375,30 +384,38 @@ def sync_drops(vici_uri: str) -> int | None:
 
 
 def resync_peer(params: Params, instance: str, states: StateDir, deadline: Deadline) -> str:
-    """On the active node, after the peer started: resend our state to it (``*1``), once."""
+    """On the active node, after the peer started: resend our state to it (``*1``), once. Not
+    from a node whose last look found PASSIVE SAs (both promoted?); no listing of its own: at
+    10,000 SAs one outlasted the monitor that answers a standby's request."""
     with states.lock(deadline.left(cap=3600)):
         record = states.read(instance)
         if record is None or not promotion.promoted(states, instance):
             return "not promoted here: the active node resyncs"
-        with Vici(target(record, params)[0], timeout=deadline.left()) as v:
-            seen = sas.ours(v, record.conns, deadline.left())
-        if any(s.passive for s in seen):
+        look = promotion.last_look(states, instance)
+        if look is not None and look.promoted and look.sync.passive:
             raise IpsecVipError("promoted but holding PASSIVE IKE_SAs: not resyncing from a passive node")
         send(params.ha_fifo, f"*{SEGMENT}", timeout=deadline.left())
-    return f"resync of {len(seen)} IKE_SA(s) sent to the peer"
+    held = f"{look.sync.active} IKE_SA(s) at the last look" if look is not None and look.promoted else "our IKE_SAs"
+    return f"resync of {held} sent to the peer"
 
 
 def _full_look(v: Vici, conns: Sequence[str], last: promotion.Look | None, promoted: bool, total: int, basis: str,
                deadline: Deadline) -> promotion.Look:
     """Every SA of ours listed (with all the action's time left), the digest taken. A charon too
-    busy to list them in time (a resync and a connect storm at 3000 SAs took more than 10 s) but
-    answering the health check is not a failed monitor: the last look stands, with a warning."""
+    busy to list them in time (a resync and a connect storm at 3000 SAs took more than 10 s; the
+    first look after a move of 10,000, 13 s) but answering the health check is not a failed
+    monitor: the last look stands, with a warning; with none in this role, a look *not given*
+    (``at`` 0, no digest): nothing is published or judged from it, and its cost keeps the
+    next try off for the duty cycle (:func:`ipsec_vip.promotion.look_stands`)."""
     t0 = time.monotonic()
     try:
         seen = sas.ours(v, conns, max(deadline.left(cap=3600) - LOOK_SPARE, 0.1))
     except ViciError as e:
-        if last is None or last.promoted != promoted:
-            raise
+        if last is None or last.promoted != promoted or not last.at:
+            log.warning("%s: our SAs not listed since this node's role changed; the sync is not judged until they "
+                        "are", e)
+            return promotion.Look(0.0, promoted, total, basis, Sync(0, 0, 0), "", "", time.monotonic() - t0,
+                                  time.time())
         log.warning("%s: the last look at our SAs (%.0fs old) stands", e, time.time() - last.at)
         return last._replace(cost=max(last.cost, time.monotonic() - t0), tried=time.time())  # not again at once
     return promotion.Look(time.time(), promoted, total, basis, sas.summary(seen),
@@ -431,7 +448,7 @@ class Status(NamedTuple):
     sync: Sync
     health: control.Health
     digest: str = ""
-    looked: float = 0.0  # time.time() of the full look the sync and digest come from
+    looked: float = 0.0  # time.time() of the full look the sync and digest come from (0: none given)
 
 
 def check(params: Params, instance: str, record: Record, states: StateDir, level: int, deadline: Deadline,

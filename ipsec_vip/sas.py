@@ -111,17 +111,27 @@ def clear(v: Vici, conns: Iterable[str], timeout: float) -> int:
     return len(sas)
 
 
-def rekey_all(uri: str, sas: Sequence[IkeSa], seconds: float) -> int:
-    """Rekey every installed CHILD_SA of ``sas``, concurrently; returns how many were queued.
+def child_names(v: Vici, conns: Iterable[str], timeout: float) -> list[tuple[str, str]]:
+    """(connection, child name) of every CHILD_SA config of the loaded connections ``conns``
+    (``list-conns``: a few configs, however many SAs there are)."""
+    names = set(conns)
+    return sorted((conn, child) for event in v.stream("list-conns", "list-conn", {}, timeout=timeout)
+                  for conn, body in event.items() if conn in names and isinstance(body, dict)
+                  for child in (body.get("children") or {}))
+
+
+def rekey_all(uri: str, pairs: Sequence[tuple[str, str]], seconds: float) -> int:
+    """Rekey every CHILD_SA of each (connection, child name) in ``pairs``, concurrently; returns
+    how many were queued.
 
     VICI ``rekey`` by child name queues one rekey job per matching CHILD_SA and charon's
     thread pool runs them in parallel; a ``child-id`` selector instead makes charon walk
     every IKE_SA for each call (1000 SAs: a million checkouts). So: one call per
-    (connection, child name), those calls in parallel on their own VICI sessions.
+    (connection, child name), those calls in parallel on their own VICI sessions. A child
+    no longer installed (rekeyed, deleted) is skipped by charon's rekey itself.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    pairs = sorted({(s.conn, c.name) for s in sas for c in s.installed})
     if not pairs:
         return 0
 

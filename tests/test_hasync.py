@@ -187,6 +187,55 @@ def test_start_destroys_only_the_passive_copies_a_stop_left(env):
     assert [s["uniqueid"] for bodies in fake.sas.values() for s in bodies] == ["3", "4"]
 
 
+def test_a_promote_rekeys_only_once_the_plugin_took_the_segment_and_lists_no_sa(env, monkeypatch):
+    """10,000 synced SAs could not be listed within a promote's time: the promote failed and the
+    fleet was lost. Now nothing lists them: the children to rekey come from the loaded
+    connections, and the rekey waits until the plugin is done taking the segment (it reads the
+    next command only then) - a rekey of a still PASSIVE IKE_SA does nothing, the client's replay
+    window then drops our traffic."""
+    from ipsec_vip import promotion
+    from ipsec_vip import vip as vipmod
+    from ipsec_vip.action import Deadline
+    from ipsec_vip.params import Params
+    from ipsec_vip.state import Record, StateDir
+    from tests.vici_fakes import FakeCharon
+
+    fake = FakeCharon(env["tmp"] / "charon.vici")
+    fake.loaded = {"rw": {"children": {"rw": {}, "rw-v6": {}}}, "other": {"children": {"x": {}}}}
+    fake.sas = {"rw": [{"uniqueid": str(n), "state": "PASSIVE",
+                        "child-sas": {f"rw-{n}": {"uniqueid": str(n), "name": "rw", "state": "INSTALLED"}}}
+                       for n in range(1, 4)]}
+    monkeypatch.setattr(vipmod, "held", lambda vip, interface: True)
+    monkeypatch.setattr(hasync, "admit_new_clients", lambda vip, admit: None)
+    got: list[bytes] = []
+
+    def plugin() -> None:  # ha_ctl.c: read, act (here a slow takeover), reopen for the next
+        for _ in range(2):
+            fd = os.open(env["fifo"], os.O_RDONLY)
+            got.append(os.read(fd, 7))
+            os.close(fd)
+            if got[-1] == b"+1\n":
+                threading.Event().wait(0.3)
+                for sa in fake.sas["rw"]:
+                    sa["state"] = "ESTABLISHED"
+
+    t = threading.Thread(target=plugin)
+    t.start()
+    params = Params(vip=vipmod.parse_vip("192.0.2.199"), config=str(env["conf"]), vici_socket=fake.uri,
+                    ha_fifo=str(env["fifo"]))
+    states = StateDir(env["rsctmp"])
+    try:
+        states.write("vpn", Record(vip="192.0.2.199", config=str(env["conf"]), conns=["rw"]))
+        done, held = hasync.promote(params, "vpn", states, Deadline(10))
+    finally:
+        t.join(5)
+        fake.close()
+    assert got == [b"+1\n", b"=1\n"] and promotion.promoted(states, "vpn")
+    assert fake.sent("list-sas") == [] and held == 3
+    assert sorted((m["ike"], m["child"]) for m in fake.sent("rekey")) == [("rw", "rw"), ("rw", "rw-v6")]
+    assert "rekey of 3 CHILD_SA(s) queued" in done, done
+
+
 @pytest.mark.parametrize("busy", [None, "list-sas", "terminate"])
 def test_a_demote_drops_the_segment_even_when_charon_is_too_busy_to_list(env, monkeypatch, busy):
     """At 5,000 SAs in a connect storm charon did not answer the demote's list-sas in time: the

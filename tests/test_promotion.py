@@ -14,7 +14,7 @@ import pytest
 from ipsec_vip import agent, control, ocf, promotion
 from ipsec_vip import vip as vipmod
 from ipsec_vip.action import Deadline
-from ipsec_vip.errors import ViciError
+from ipsec_vip.errors import OCF_RUNNING_PROMOTED, OCF_SUCCESS
 from ipsec_vip.params import Params
 from ipsec_vip.runner import Result
 from ipsec_vip.sas import Child, IkeSa, Sync
@@ -331,11 +331,52 @@ def test_the_stateful_monitor_lists_the_sas_only_when_its_last_look_is_stale(tmp
         charon.sas["rw"].append({**copy, "uniqueid": "3", "initiator-spi": "a3"})
         charon.refuse["list-sas"] = "too busy"  # a charon that cannot list in time, answering the rest
         assert lists(basis="p2")[1] == last  # the last look stands: no failed monitor
-        promotion.keep_look(states, "vpn", None)
-        with pytest.raises(ViciError):  # no look to fall back on
-            lists(basis="p2")
+        promotion.keep_look(states, "vpn", None)  # none to fall back on (the role changed): a look not given
+        listed, pending = lists(basis="p2")
+        assert listed == 1 and pending.looked == 0 and pending.digest == "" and pending.sync == Sync(0, 0, 0)
+        assert lists(basis="p2")[1].looked == 0  # tried again (it cost nothing): still none
+        del charon.refuse["list-sas"]
+        listed, given = lists(basis="p2")
+        assert listed == 1 and given.looked and given.sync == Sync(0, 3, 3)
     finally:
         charon.close()
+
+
+@pytest.mark.parametrize("role", ["promoted", "unpromoted"])
+def test_the_first_monitor_after_a_role_change_on_a_charon_too_busy_to_list_succeeds(tmp_path, monkeypatch,
+                                                                                      capsys, role):
+    """After a move of 10,000 SAs the first monitor could not list them within 13 s and failed:
+    Pacemaker recovered the instance and the fleet was lost. A charon that answers the health
+    check but cannot list our SAs yet is not a failed monitor: nothing is published or judged
+    until a look is given, and the promotion score stays as the promote or demote set it."""
+    charon = FakeCharon(tmp_path / "charon.vici")
+    try:
+        conf = tmp_path / "swanctl.conf"
+        conf.write_text(GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40})
+        conf.chmod(0o600)
+        states = StateDir(str(tmp_path / "rsc"))
+        states.ensure()
+        params = Params(vip=vipmod.parse_vip(VIP), config=str(conf), vici_socket=charon.uri)
+        control.start(params._replace(start_without_vip=True, handoff="none"), "vpn", states, Deadline(10))
+        promotion.set_promoted(states, "vpn", role == "promoted")
+        monkeypatch.setattr(vipmod, "held", lambda vip, interface: role == "promoted")
+        charon.sas["rw"] = [{"uniqueid": "1", "state": "ESTABLISHED" if role == "promoted" else "PASSIVE",
+                             "child-sas": {}}]
+        charon.refuse["list-sas"] = "timed out"
+        calls = fake_attrd_tools(tmp_path, monkeypatch)
+        env = {"OCF_RESOURCE_INSTANCE": "vpn", "HA_RSCTMP": str(tmp_path / "rsc"), "OCF_RESKEY_vip": VIP,
+               "OCF_RESKEY_config": str(conf), "OCF_RESKEY_vici_socket": charon.uri,
+               "OCF_RESKEY_CRM_meta_promotable": "true", "OCF_RESKEY_CRM_meta_on_node": "gw1",
+               "OCF_RESKEY_CRM_meta_interval": "3000", "OCF_RESKEY_CRM_meta_timeout": "20000"}
+        monkeypatch.setattr(os, "environ", {**env, "PATH": "/usr/bin:/bin"})
+        rc = agent.main(["strongswan", "monitor"], env)
+    finally:
+        charon.close()
+    err = capsys.readouterr().err
+    assert rc == (OCF_RUNNING_PROMOTED if role == "promoted" else OCF_SUCCESS), err
+    assert "not judged until they are" in err, err
+    changed = [c for c in calls.read_text().splitlines() if " -Q" not in c]
+    assert changed == [], changed  # nothing published, no score set, no resync asked or answered
 
 
 def test_a_dear_full_look_is_not_repeated_before_its_duty_cycle_allows():

@@ -281,6 +281,15 @@ class FakeCharon(FakeServer):
         elif command == "list-sas":
             return [("list-sa", {n: b}) for n, bodies in self.sas.items() for b in bodies
                     if m.get("ike", n) == n and m.get("ike-id", b.get("uniqueid")) == b.get("uniqueid")], {}
+        elif command == "list-conns":
+            return [("list-conn", {n: b}) for n, b in self.loaded.items() if m.get("ike", n) == n], {}
+        elif command == "rekey":  # charon queues a job per child of that name; on a PASSIVE IKE_SA it does nothing
+            done = [b for n, bodies in self.sas.items() if m.get("ike", n) == n for b in bodies
+                    if b.get("state") != "PASSIVE"
+                    for c in (b.get("child-sas") or {}).values() if c.get("name") == m.get("child")]
+            if not done:
+                return [], {"success": "no", "errmsg": "no matching CHILD_SAs to rekey found", "matches": "0"}
+            return [], {**ok, "matches": str(len(done))}
         elif command == "redirect":
             matches = len(self._redirect_matches(m))
             if not matches:
