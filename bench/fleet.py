@@ -41,7 +41,12 @@ def _scenario(n: int, stateful: bool, events: tuple[str, ...], log: Any) -> list
     try:
         setup = round(time.monotonic() - t, 1)
         for kind in events:
-            r = fl.event(kind)
+            try:
+                r = fl.event(kind)
+            except Exception as e:  # the figures of the setup still stand; the cluster is no base for more
+                log(f"    N={n} {mode} {kind} FAILED: {type(e).__name__}: {e}")
+                rows.append({**_failed(n, mode, kind, e), "setup_s": setup, "setup": fl.setup})
+                break
             row = _row(n, mode, r)
             row["setup_s"] = setup
             row["setup"] = fl.setup
@@ -61,7 +66,11 @@ def run(sizes: list[int], log: Any) -> dict[str, Any]:
             try:
                 rows += _scenario(n, stateful, events, log)
             except Exception as e:  # one size failing must not hide the others
-                log(f"    N={n} {'stateful' if stateful else 'primitive'} FAILED: {type(e).__name__}: {e}")
-                rows.append({"n": n, "mode": "stateful" if stateful else "primitive", "scenario": "all",
-                             "failed": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+                mode = "stateful" if stateful else "primitive"
+                log(f"    N={n} {mode} FAILED: {type(e).__name__}: {e}")
+                rows.append(_failed(n, mode, "all", e))
     return {"rows": rows, "sizes": sizes, "sample": fleetlab.SAMPLE}
+
+
+def _failed(n: int, mode: str, scenario: str, e: Exception) -> dict[str, Any]:
+    return {"n": n, "mode": mode, "scenario": scenario, "failed": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}

@@ -460,7 +460,7 @@ def fleet_table(results: dict[str, Any]) -> list[str]:
         lines.append(f"| — | not measured: {why} | | | | | | | | | | | | |")
     for r in _rows(results, "fleet"):
         if "failed" in r:
-            lines.append(f"| {r['n']} | {r['mode']} | failed: {r['failed']} | | | | | | | | | | | |")
+            lines.append(f"| {r['n']} | {r['mode']} | {r['scenario']} failed: {r['failed']} | | | | | | | | | | | |")
             continue
         med, mx = _gaps(r)
         ex = r.get("extra", {})

@@ -151,6 +151,12 @@ def test_fleet_lost_clients_fail_and_a_failed_size_is_not_measured():
     v = {t.split(":")[0]: verdict for t, _, verdict in report.targets(_results(fleet=failed))}
     assert all(v[k] == "not measured" for k in v if k.startswith(("fleet", "stateful monitor")))
     assert "failed: RuntimeError: x" in report.markdown(_results(fleet=failed))
+    failed["rows"] = [{"n": 10000, "mode": "stateful", "scenario": "move", "failed": "RuntimeError: y",
+                       "setup": {"connect_s": 452.0, "synced_s": 480.0,
+                                 "charon_kb_per_sa": {"gw1": 30.1, "gw2": 27.9}}}]
+    md = report.markdown(_results(fleet=failed))  # the event failed: what the setup measured still stands
+    assert "move failed: RuntimeError: y" in md
+    assert "stateful @10000: connected in 452.0 s, synced after 480.0 s, per SA gw1 30.1 kB, gw2 27.9 kB" in md
 
 
 def test_fleet_pictures_are_drawn(tmp_path):
