@@ -237,7 +237,7 @@ def promote(params: Params, instance: str, states: StateDir, deadline: Deadline)
             children = sas.child_names(v, record.conns, deadline.left())
             send(params.ha_fifo, f"+{SEGMENT}", timeout=deadline.left())
             promotion.set_promoted(states, instance, True)
-            settle(params.ha_fifo, deadline.left())
+            settle(params.ha_fifo, deadline.left(cap=3600))  # all the promote's time: 10,000 copies took 85 s
             held = ike_sa_count(v, deadline)
             try:
                 queued = sas.rekey_all(uri, children, deadline.left())
