@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ipsec_vip import hasync
+from ipsec_vip import vip as vipmod
 from ipsec_vip.errors import IpsecVipError, NotInstalledError
+from ipsec_vip.params import Params
+from ipsec_vip.state import Record, StateDir
 from lab import core as lab
 from tests.vici_fakes import Recorder
 
@@ -187,6 +191,32 @@ def test_start_destroys_only_the_passive_copies_a_stop_left(env):
     assert [s["uniqueid"] for bodies in fake.sas.values() for s in bodies] == ["3", "4"]
 
 
+def plugin(fifo: Path, reads: int, act: Callable[[bytes], None]) -> tuple[threading.Thread, list[bytes]]:
+    """The ha plugin's FIFO reader (ha_ctl.c): open, read one command, close, act on it, and only
+    then open again - ``reads`` times; returns the thread and the commands it read."""
+    got: list[bytes] = []
+
+    def serve() -> None:
+        for _ in range(reads):
+            fd = os.open(fifo, os.O_RDONLY)
+            got.append(os.read(fd, 7))
+            os.close(fd)
+            act(got[-1])
+
+    t = threading.Thread(target=serve)
+    t.start()
+    return t, got
+
+
+def instance(env, uri: str) -> tuple[Params, StateDir]:
+    """A started instance of connection ``rw`` on the charon at ``uri``: its parameters and state dir."""
+    params = Params(vip=vipmod.parse_vip("192.0.2.199"), config=str(env["conf"]), vici_socket=uri,
+                    ha_fifo=str(env["fifo"]))
+    states = StateDir(env["rsctmp"])
+    states.write("vpn", Record(vip="192.0.2.199", config=str(env["conf"]), conns=["rw"]))
+    return params, states
+
+
 def test_a_promote_rekeys_only_once_the_plugin_took_the_segment_and_lists_no_sa(env, monkeypatch):
     """10,000 synced SAs could not be listed within a promote's time: the promote failed and the
     fleet was lost. Now nothing lists them: the children to rekey come from the loaded
@@ -196,8 +226,6 @@ def test_a_promote_rekeys_only_once_the_plugin_took_the_segment_and_lists_no_sa(
     from ipsec_vip import promotion
     from ipsec_vip import vip as vipmod
     from ipsec_vip.action import Deadline
-    from ipsec_vip.params import Params
-    from ipsec_vip.state import Record, StateDir
     from tests.vici_fakes import FakeCharon
 
     fake = FakeCharon(env["tmp"] / "charon.vici")
@@ -207,17 +235,12 @@ def test_a_promote_rekeys_only_once_the_plugin_took_the_segment_and_lists_no_sa(
                        for n in range(1, 4)]}
     monkeypatch.setattr(vipmod, "held", lambda vip, interface: True)
     monkeypatch.setattr(hasync, "admit_new_clients", lambda vip, admit: None)
-    got: list[bytes] = []
 
-    def plugin() -> None:  # ha_ctl.c: read, act (here a slow takeover), reopen for the next
-        for _ in range(2):
-            fd = os.open(env["fifo"], os.O_RDONLY)
-            got.append(os.read(fd, 7))
-            os.close(fd)
-            if got[-1] == b"+1\n":
-                threading.Event().wait(0.3)
-                for sa in fake.sas["rw"]:
-                    sa["state"] = "ESTABLISHED"
+    def take(command: bytes) -> None:  # a slow takeover: the next command is read only after it
+        if command == b"+1\n":
+            threading.Event().wait(0.3)
+            for sa in fake.sas["rw"]:
+                sa["state"] = "ESTABLISHED"
 
     waited: dict[str, float] = {}
     send = hasync.send
@@ -227,13 +250,9 @@ def test_a_promote_rekeys_only_once_the_plugin_took_the_segment_and_lists_no_sa(
         send(path, command, timeout)
 
     monkeypatch.setattr(hasync, "send", timed_send)
-    t = threading.Thread(target=plugin)
-    t.start()
-    params = Params(vip=vipmod.parse_vip("192.0.2.199"), config=str(env["conf"]), vici_socket=fake.uri,
-                    ha_fifo=str(env["fifo"]))
-    states = StateDir(env["rsctmp"])
+    t, got = plugin(env["fifo"], 2, take)
+    params, states = instance(env, fake.uri)
     try:
-        states.write("vpn", Record(vip="192.0.2.199", config=str(env["conf"]), conns=["rw"]))
         done, held = hasync.promote(params, "vpn", states, Deadline(60))
     finally:
         t.join(5)
@@ -251,10 +270,7 @@ def test_a_demote_drops_the_segment_even_when_charon_is_too_busy_to_list(env, mo
     demote failed with the segment still held here, then the stop. The drop goes through the
     FIFO, not VICI: it is sent whatever VICI says, with a warning, and the demote succeeds."""
     from ipsec_vip import promotion
-    from ipsec_vip import vip as vipmod
     from ipsec_vip.action import Deadline
-    from ipsec_vip.params import Params
-    from ipsec_vip.state import Record, StateDir
     from tests.vici_fakes import FakeCharon
 
     fake = FakeCharon(env["tmp"] / "charon.vici")
@@ -264,21 +280,13 @@ def test_a_demote_drops_the_segment_even_when_charon_is_too_busy_to_list(env, mo
         fake.refuse[busy] = "timeout"
     admitted: list[bool] = []
     monkeypatch.setattr(hasync, "admit_new_clients", lambda vip, admit: admitted.append(admit))
-    got: list[bytes] = []
 
-    def plugin() -> None:  # reads the command and gives the segment up: the SA becomes a copy
-        fd = os.open(env["fifo"], os.O_RDONLY)
-        got.append(os.read(fd, 7))
-        os.close(fd)
+    def give_up(command: bytes) -> None:  # the segment given up: the SA becomes a copy
         fake.sas["rw"][0]["state"] = "PASSIVE"
 
-    t = threading.Thread(target=plugin)
-    t.start()
-    params = Params(vip=vipmod.parse_vip("192.0.2.199"), config=str(env["conf"]), vici_socket=fake.uri,
-                    ha_fifo=str(env["fifo"]))
-    states = StateDir(env["rsctmp"])
+    t, got = plugin(env["fifo"], 1, give_up)
+    params, states = instance(env, fake.uri)
     try:
-        states.write("vpn", Record(vip="192.0.2.199", config=str(env["conf"]), conns=["rw"]))
         promotion.set_promoted(states, "vpn", True)
         done = hasync.demote(params, "vpn", states, Deadline(5))
     finally:
