@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -194,6 +195,19 @@ def test_stateful_stop_without_attrd_unloads_within_its_timeout(tmp_path, monkey
     assert states.mark("vpn", promotion.DIGEST) is None and states.mark("vpn", promotion.SCORE) is None
 
 
+def started(tmp_path, charon: FakeCharon) -> tuple[Path, StateDir, Params]:
+    """A primitive-style start (connections loaded, no VIP) of instance ``vpn`` on ``charon``, as a
+    stateful start leaves it: the config, the state dir and the parameters."""
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40})
+    conf.chmod(0o600)
+    states = StateDir(str(tmp_path / "rsc"))
+    states.ensure()
+    params = Params(vip=vipmod.parse_vip(VIP), config=str(conf), vici_socket=charon.uri)
+    control.start(params._replace(start_without_vip=True, handoff="none"), "vpn", states, Deadline(10))
+    return conf, states, params
+
+
 @pytest.mark.parametrize("trouble", ["none", "busy", "short"])
 def test_a_standbys_repair_never_fails_its_monitor(tmp_path, monkeypatch, capsys, trouble):
     """A standby out of sync destroys its copies, then asks for a resync. One terminate per copy:
@@ -205,13 +219,7 @@ def test_a_standbys_repair_never_fails_its_monitor(tmp_path, monkeypatch, capsys
 
     charon = FakeCharon(tmp_path / "charon.vici")
     try:
-        conf = tmp_path / "swanctl.conf"
-        conf.write_text(GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40})
-        conf.chmod(0o600)
-        states = StateDir(str(tmp_path / "rsc"))
-        states.ensure()
-        params = Params(vip=vipmod.parse_vip(VIP), config=str(conf), vici_socket=charon.uri)
-        control.start(params._replace(start_without_vip=True, handoff="none"), "vpn", states, Deadline(10))
+        conf, states, _params = started(tmp_path, charon)
         charon.sas["rw"] = [{"uniqueid": str(n), "state": "PASSIVE", "initiator-spi": f"a{n}", "responder-spi": "b",
                              "child-sas": {}} for n in range(1, 4)]
         looked = int(time.time())
@@ -249,13 +257,7 @@ def test_a_started_stateful_monitor_imports_no_typing(tmp_path, monkeypatch):
     no selection, no runner for an instance run outside Pacemaker."""
     charon = FakeCharon(tmp_path / "charon.vici")
     try:
-        conf = tmp_path / "swanctl.conf"
-        conf.write_text(GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40})
-        conf.chmod(0o600)
-        states = StateDir(str(tmp_path / "rsc"))
-        states.ensure()
-        params = Params(vip=vipmod.parse_vip(VIP), config=str(conf), vici_socket=charon.uri)
-        control.start(params._replace(start_without_vip=True, handoff="none"), "vpn", states, Deadline(10))
+        conf, _states, _params = started(tmp_path, charon)
         env = {"OCF_RESKEY_vip": VIP, "OCF_RESKEY_config": str(conf), "OCF_RESKEY_vici_socket": charon.uri,
                "OCF_RESOURCE_INSTANCE": "vpn", "OCF_RESKEY_CRM_meta_promotable": "true",
                "OCF_RESKEY_CRM_meta_interval": "10000", "HA_RSCTMP": str(tmp_path / "rsc")}
@@ -281,13 +283,7 @@ def test_the_stateful_monitor_lists_the_sas_only_when_its_last_look_is_stale(tmp
     now = [5000.0]
     monkeypatch.setattr(hasync.time, "time", lambda: now[0])
     try:
-        conf = tmp_path / "swanctl.conf"
-        conf.write_text(GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40})
-        conf.chmod(0o600)
-        states = StateDir(str(tmp_path / "rsc"))
-        states.ensure()
-        params = Params(vip=vipmod.parse_vip(VIP), config=str(conf), vici_socket=charon.uri)
-        control.start(params._replace(start_without_vip=True, handoff="none"), "vpn", states, Deadline(10))
+        _conf, states, params = started(tmp_path, charon)
         record = states.read("vpn")
         copy = {"uniqueid": "1", "state": "PASSIVE", "initiator-spi": "a1", "responder-spi": "b1",
                 "child-sas": {"rw-1": {"uniqueid": "1", "name": "rw", "state": "INSTALLED", "spi-in": "c1",
@@ -351,13 +347,7 @@ def test_the_first_monitor_after_a_role_change_on_a_charon_too_busy_to_list_succ
     until a look is given, and the promotion score stays as the promote or demote set it."""
     charon = FakeCharon(tmp_path / "charon.vici")
     try:
-        conf = tmp_path / "swanctl.conf"
-        conf.write_text(GATEWAY_CONF % {"vip": VIP, "psk": "p" * 40})
-        conf.chmod(0o600)
-        states = StateDir(str(tmp_path / "rsc"))
-        states.ensure()
-        params = Params(vip=vipmod.parse_vip(VIP), config=str(conf), vici_socket=charon.uri)
-        control.start(params._replace(start_without_vip=True, handoff="none"), "vpn", states, Deadline(10))
+        conf, states, _params = started(tmp_path, charon)
         promotion.set_promoted(states, "vpn", role == "promoted")
         monkeypatch.setattr(vipmod, "held", lambda vip, interface: role == "promoted")
         charon.sas["rw"] = [{"uniqueid": "1", "state": "ESTABLISHED" if role == "promoted" else "PASSIVE",
